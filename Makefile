@@ -1,0 +1,48 @@
+# VisionTales: every target creates (once) and reuses a project-local virtual environment.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+VT := $(BIN)/visiontales
+# Synthetic data and tiny backbones for the demo live inside the checkout (both ignored by git).
+DEMO_DATA ?= data/vist-synthetic
+export VISIONTALES_HOME ?= $(CURDIR)/.cache/visiontales
+
+.PHONY: help install test demo tensorboard lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv and install the project (editable) with its test tools
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+test: install ## run the test suite (offline, CPU)
+	$(BIN)/python -m pytest
+
+demo: install ## synthetic VIST -> train the storyteller (prefix) on the CPU -> stories next to references
+	$(VT) data synth --dataset vist --out $(DEMO_DATA) --seed 0
+	$(VT) data check --dataset vist --root $(DEMO_DATA)
+	$(VT) fit --config experiments/tiny/clip_storyteller_prefix.yaml \
+		--data.init_args.root $(DEMO_DATA) --trainer.logger.init_args.version demo
+	$(VT) predict --config experiments/tiny/clip_storyteller_prefix.yaml \
+		--data.init_args.root $(DEMO_DATA) --trainer.logger.init_args.version demo-predict \
+		--ckpt_path runs/tiny_clip_storyteller_prefix/demo/checkpoints/last.ckpt
+	@echo
+	@echo "TensorBoard logs (train/loss, val/bleu1..4, val/meteor, val/rougeL, val/cider, text samples):"
+	@echo "  runs/tiny_clip_storyteller_prefix/demo"
+	@echo "Open them with:  make tensorboard   (then browse http://localhost:6006)"
+
+tensorboard: install ## serve the TensorBoard logs under runs/ on port 6006
+	$(BIN)/tensorboard --logdir runs --port 6006
+
+lint: install ## ruff over the code
+	$(BIN)/ruff check visiontales data_modules tests bench
+
+clean: ## remove runs, demo data, caches and the virtual environment
+	rm -rf runs data .cache $(VENV) .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,252 @@
+"""Synthetic stand-ins for the papers' datasets, written in the real on-disk layouts.
+
+The loaders never know they are reading synthetic data: every file here follows the layout in
+shared/reference/datasets.md. The pictures carry what the captions say (a scene drawn as the
+background, one object per photo), so a model that looks at the images can beat one that does not.
+A few defects are written on purpose so that the loaders' filters are exercised.
+
+VIST (Huang et al. 2016), layout of lichengunc/vist_api:
+
+    <root>/annotations/sis/{train,val,test}.story-in-sequence.json
+    <root>/images/{train,val,test}/<photo_flickr_id>.jpg   (a few .png)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+IMAGE_SIZE = (256, 192)  # (W, H): 4:3 like most Flickr photos; CLIP centre-crops the middle
+
+# scene -> (sky colour, ground colour, horizon as a fraction of the height)
+SCENES: dict[str, tuple[tuple[int, int, int], tuple[int, int, int], float]] = {
+    "beach": ((120, 190, 250), (238, 214, 150), 0.55),
+    "snowy street": ((170, 175, 185), (250, 250, 252), 0.60),
+    "party": ((120, 60, 140), (140, 90, 50), 0.70),
+    "park": ((150, 210, 250), (70, 170, 70), 0.50),
+    "city at night": ((15, 20, 60), (40, 40, 45), 0.75),
+    "mountain lake": ((190, 220, 245), (40, 90, 170), 0.60),
+}
+OBJECTS = ("dog", "car", "cake", "boat", "snowman", "kite")
+
+OPENING_TEMPLATES = (
+    "we went to the {scene} today .",
+    "our family spent the day at the {scene} .",
+    "this is the {scene} we visited .",
+)
+MIDDLE_TEMPLATES = (
+    "there was a {obj} at the {scene} .",
+    "we saw a {obj} near the {scene} .",
+    "the {obj} was the best part of the day .",
+    "everyone loved the {obj} .",
+)
+CLOSING_TEMPLATES = (
+    "at the end we said goodbye to the {obj} .",
+    "it was a great day with the {obj} .",
+)
+
+PHOTOS_PER_ALBUM = 10  # two disjoint five-photo stories fit in one album
+SPLIT_FRACTIONS = (("train", 0.8), ("val", 0.1), ("test", 0.1))
+
+
+def _sky_and_ground(draw: ImageDraw.ImageDraw, scene: str, rng: random.Random) -> None:
+    w, h = IMAGE_SIZE
+    sky, ground, horizon = SCENES[scene]
+    y = int(h * horizon)
+    draw.rectangle([0, 0, w, y], fill=sky)
+    draw.rectangle([0, y, w, h], fill=ground)
+    if scene == "beach":
+        draw.rectangle([0, y - 18, w, y], fill=(30, 110, 200))  # the sea
+        draw.ellipse([w - 60, 10, w - 25, 45], fill=(255, 220, 60))  # the sun
+    elif scene == "snowy street":
+        for x in range(0, w, 64):
+            draw.rectangle([x + 4, y - 50, x + 54, y], fill=(120, 80, 70))
+        for _ in range(40):
+            fx, fy = rng.randrange(w), rng.randrange(h)
+            draw.ellipse([fx, fy, fx + 3, fy + 3], fill=(255, 255, 255))
+    elif scene == "party":
+        for x in range(0, w, 32):
+            draw.polygon([(x, 0), (x + 32, 0), (x + 16, 24)], fill=(250, 200, 40))
+    elif scene == "park":
+        for x in (20, w - 50):
+            draw.rectangle([x + 10, y - 40, x + 20, y], fill=(100, 60, 30))
+            draw.ellipse([x - 10, y - 80, x + 40, y - 30], fill=(30, 120, 40))
+    elif scene == "city at night":
+        for x in range(0, w, 40):
+            top = y - 40 - (x * 37) % 60
+            draw.rectangle([x, top, x + 34, y], fill=(50, 50, 70))
+            for wy in range(top + 6, y - 6, 12):
+                draw.rectangle([x + 6, wy, x + 12, wy + 5], fill=(250, 230, 120))
+        draw.ellipse([20, 10, 45, 35], fill=(240, 240, 210))
+    elif scene == "mountain lake":
+        for x0 in (-40, 80, 180):
+            draw.polygon([(x0, y), (x0 + 70, y - 80), (x0 + 140, y)], fill=(110, 110, 120))
+            draw.polygon([(x0 + 55, y - 62), (x0 + 70, y - 80), (x0 + 85, y - 62)], fill=(255, 255, 255))
+
+
+def _object(draw: ImageDraw.ImageDraw, obj: str, cx: int, cy: int, s: float) -> None:
+    """Draw `obj` centred at (cx, cy) with scale s (about 1.0 -> 90 px wide)."""
+
+    def box(x0, y0, x1, y1):
+        return [cx + x0 * s, cy + y0 * s, cx + x1 * s, cy + y1 * s]
+
+    def pts(*xy):
+        return [(cx + x * s, cy + y * s) for x, y in xy]
+
+    if obj == "dog":
+        draw.ellipse(box(-40, -15, 30, 20), fill=(140, 90, 40))
+        draw.ellipse(box(20, -40, 50, -5), fill=(140, 90, 40))
+        for lx in (-32, -15, 5, 20):
+            draw.rectangle(box(lx, 10, lx + 8, 40), fill=(110, 70, 30))
+        draw.ellipse(box(36, -30, 42, -24), fill=(0, 0, 0))
+    elif obj == "car":
+        draw.rectangle(box(-45, -10, 45, 20), fill=(210, 30, 30))
+        draw.rectangle(box(-25, -32, 25, -10), fill=(210, 30, 30))
+        draw.rectangle(box(-20, -28, 20, -12), fill=(180, 220, 250))
+        for wx in (-30, 30):
+            draw.ellipse(box(wx - 12, 10, wx + 12, 34), fill=(20, 20, 20))
+    elif obj == "cake":
+        draw.rectangle(box(-40, 0, 40, 35), fill=(240, 150, 190))
+        draw.rectangle(box(-28, -25, 28, 0), fill=(255, 240, 245))
+        for kx in (-15, 0, 15):
+            draw.rectangle(box(kx - 2, -42, kx + 2, -25), fill=(60, 120, 250))
+            draw.ellipse(box(kx - 3, -50, kx + 3, -42), fill=(255, 160, 0))
+    elif obj == "boat":
+        draw.polygon(pts((-45, 10), (45, 10), (30, 35), (-30, 35)), fill=(250, 250, 250))
+        draw.rectangle(box(-2, -45, 2, 10), fill=(90, 60, 30))
+        draw.polygon(pts((2, -45), (38, 5), (2, 5)), fill=(250, 120, 30))
+    elif obj == "snowman":
+        draw.ellipse(box(-30, 0, 30, 45), fill=(255, 255, 255), outline=(80, 80, 80))
+        draw.ellipse(box(-20, -35, 20, 5), fill=(255, 255, 255), outline=(80, 80, 80))
+        draw.rectangle(box(-18, -50, 18, -32), fill=(20, 20, 20))
+        draw.polygon(pts((0, -18), (18, -14), (0, -10)), fill=(250, 130, 0))
+    elif obj == "kite":
+        draw.polygon(pts((0, -45), (30, 0), (0, 40), (-30, 0)), fill=(40, 200, 220))
+        draw.line(pts((0, 40), (-20, 80)), fill=(30, 30, 30), width=2)
+    else:
+        raise ValueError(f"unknown object {obj!r}")
+
+
+def draw_photo(scene: str, obj: str, rng: random.Random) -> Image.Image:
+    """A picture of `obj` at `scene`, with small random jitter of position and size."""
+    img = Image.new("RGB", IMAGE_SIZE)
+    draw = ImageDraw.Draw(img)
+    _sky_and_ground(draw, scene, rng)
+    w, h = IMAGE_SIZE
+    _object(draw, obj, w // 2 + rng.randint(-15, 15), int(h * 0.62) + rng.randint(-10, 10),
+            rng.uniform(0.9, 1.2))
+    return img
+
+
+def story_sentences(scene: str, objects: list[str], rng: random.Random) -> list[str]:
+    """One tokenised, lower-cased sentence per photo (VIST's `text` field style)."""
+    sentences = [rng.choice(OPENING_TEMPLATES).format(scene=scene)]
+    for obj in objects[1:-1]:
+        sentences.append(rng.choice(MIDDLE_TEMPLATES).format(obj=obj, scene=scene))
+    sentences.append(rng.choice(CLOSING_TEMPLATES).format(obj=objects[-1]))
+    return sentences
+
+
+def original_text(text: str) -> str:
+    """Undo VIST's tokenisation for the `original_text` field: 'we went .' -> 'We went.'"""
+    return text.replace(" .", ".").replace(" ,", ",").capitalize()
+
+
+def tokenizer_corpus() -> list[str]:
+    """Every sentence shape the synthetic datasets can produce, to train tiny tokenizers on."""
+    sentences = []
+    for scene in SCENES:
+        for obj in OBJECTS:
+            for template in OPENING_TEMPLATES + MIDDLE_TEMPLATES + CLOSING_TEMPLATES:
+                text = template.format(scene=scene, obj=obj)
+                sentences += [text, original_text(text)]
+    return sentences
+
+
+@dataclass(frozen=True)
+class VistDefects:
+    """Where the synthetic VIST writer puts its deliberate defects (all in the train split,
+    each in the first three photos of one story, so every sequence mode drops it)."""
+
+    missing_image: int = 1  # stories whose first photo file is not written
+    unreadable_image: int = 1  # stories whose second photo file is garbage bytes
+    empty_caption: int = 1  # stories whose third sentence is empty
+
+
+def write_synthetic_vist(out: str | Path, seed: int = 0, albums: int = 200) -> dict[str, int]:
+    """Write a synthetic VIST in the real layout under `out`; return story counts per split.
+
+    Each album has one scene and PHOTOS_PER_ALBUM photos of objects at that scene. Each album
+    gets two stories of five photos by two "workers"; in about half the albums both workers pick
+    the same photo sequence (so evaluation sees several references for one sequence). Records are
+    written in shuffled order, as the real files are not ordered by `worker_arranged_photo_order`.
+    """
+    if albums < 10:
+        raise ValueError(f"--albums must be at least 10 (one album per split at least), got {albums}")
+    out = Path(out)
+    rng = random.Random(seed)
+    defects = VistDefects()
+    counts: dict[str, int] = {}
+    album_ids = [str(10_000 + i) for i in range(albums)]
+    start = 0
+    for split, fraction in SPLIT_FRACTIONS:
+        n = round(albums * fraction) if split != "test" else albums - start
+        split_albums = album_ids[start:start + n]
+        start += n
+        image_dir = out / "images" / split
+        image_dir.mkdir(parents=True, exist_ok=True)
+        images, album_records, annotations = [], [], []
+        for a_index, album_id in enumerate(split_albums):
+            scene = rng.choice(list(SCENES))
+            photo_ids = [f"{album_id}{p:03d}" for p in range(PHOTOS_PER_ALBUM)]
+            objects = [rng.choice(OBJECTS) for _ in photo_ids]
+            defect = split == "train" and a_index < 3  # albums 0, 1, 2 of train carry one defect each
+            for p, (photo_id, obj) in enumerate(zip(photo_ids, objects, strict=True)):
+                path = image_dir / f"{photo_id}.{'png' if p % 7 == 6 else 'jpg'}"
+                if defect and a_index == 0 and p == 0 and defects.missing_image:
+                    pass  # the annotation refers to it; the file is missing
+                elif defect and a_index == 1 and p == 1 and defects.unreadable_image:
+                    path.write_bytes(b"this is not an image")
+                else:
+                    draw_photo(scene, obj, rng).save(path)
+                images.append({"id": photo_id, "album_id": album_id, "datetaken": "2016-01-01 12:00:00",
+                               "title": f"{obj} {p}", "tags": f"{scene} {obj}", "url_o": "",
+                               "secret": "0", "license": "5", "media": "photo"})
+            album_records.append({"id": album_id, "title": scene, "description": f"a day at the {scene}",
+                                  "vist_label": scene.replace(" ", "_"), "photos": len(photo_ids),
+                                  "owner": "synthetic"})
+            first = list(range(5))
+            same_sequence = not defect and rng.random() < 0.5
+            second = first if same_sequence else sorted(rng.sample(range(PHOTOS_PER_ALBUM), 5))
+            if defect:  # a disjoint second story, so each defect drops exactly one story's sequences
+                second = list(range(5, PHOTOS_PER_ALBUM))
+            for worker, picks in enumerate((first, second)):
+                story_id = f"{album_id}{worker}"
+                sentences = story_sentences(scene, [objects[p] for p in picks], rng)
+                if defect and a_index == 2 and worker == 0 and defects.empty_caption:
+                    sentences[2] = ""
+                for order, (p, text) in enumerate(zip(picks, sentences, strict=True)):
+                    annotations.append([{
+                        "original_text": original_text(text), "album_id": album_id,
+                        "photo_flickr_id": photo_ids[p], "setting": "first-2-pick-and-tell",
+                        "worker_id": f"SYNTHWORKER{worker}", "story_id": story_id,
+                        "tier": "story-in-sequence", "worker_arranged_photo_order": order,
+                        "text": text, "storylet_id": f"{story_id}{order}",
+                    }])
+        rng.shuffle(annotations)
+        sis_dir = out / "annotations" / "sis"
+        sis_dir.mkdir(parents=True, exist_ok=True)
+        sis = {"info": {"description": "synthetic VIST written by visiontales", "seed": seed},
+               "type": "story-in-sequence", "images": images, "albums": album_records,
+               "annotations": annotations}
+        (sis_dir / f"{split}.story-in-sequence.json").write_text(json.dumps(sis))
+        counts[split] = 2 * len(split_albums)
+    return counts
+
+
+SYNTHETIC_WRITERS: dict[str, Callable[..., dict[str, int]]] = {"vist": write_synthetic_vist}

@@ -1,0 +1,343 @@
+"""VIST three-image sequences (Huang et al. 2016) for the VisionTales storyteller.
+
+Reads the layout of lichengunc/vist_api (see shared/reference/datasets.md):
+
+    <root>/annotations/sis/{train,val,test}.story-in-sequence.json
+    <root>/images/{train,val,test}/<photo_flickr_id>.{jpg,png,gif,bmp}
+
+A story is the five records sharing `story_id`, ordered by `worker_arranged_photo_order` (not by
+file order). From each story we take three-image sequences: the first three photos (the paper's
+setting) or every window of three. A sequence is dropped, and counted by reason, when one of its
+images is missing or unreadable or one of its sentences is empty.
+
+Training items are every kept sequence. Evaluation items (val/test/predict) are one per distinct
+photo sequence, carrying every human story of that exact sequence as `references`: the protocol
+of lichengunc/vist_eval, where references are keyed by the photo sequence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2 as T
+
+from visiontales.errors import VisionTalesError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+DROP_REASONS = ("missing_image", "unreadable_image", "empty_caption")
+SEQUENCE_LENGTH = 3
+# OpenAI CLIP's normalisation (open_clip.constants.OPENAI_DATASET_MEAN / _STD)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+REQUIRED_KEYS = ("story_id", "photo_flickr_id", "worker_arranged_photo_order", "text", "original_text")
+
+
+def sis_path(root: Path, split: str) -> Path:
+    return root / "annotations" / "sis" / f"{split}.story-in-sequence.json"
+
+
+@dataclass
+class Sequence:
+    """Three consecutive photos of one story and their sentences, in story order."""
+
+    story_id: str
+    photo_ids: list[str]
+    texts: list[str]
+    image_paths: list[Path]
+
+
+@dataclass
+class SplitReport:
+    """What was found in one split: stories, kept sequences and drops by reason."""
+
+    stories: int = 0
+    sequences: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    problem: str = ""  # why nothing was usable, when that is the case
+
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"stories": self.stories, "sequences": self.sequences,
+                "dropped": {reason: self.dropped.get(reason, 0) for reason in DROP_REASONS}}
+
+
+def read_stories(path: Path, text_field: str = "text") -> dict[str, list[tuple[str, str]]]:
+    """Read one SIS JSON: story_id -> [(photo_id, sentence)] in worker_arranged_photo_order."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise VisionTalesError(f"{path}: file not found") from e
+    except json.JSONDecodeError as e:
+        raise VisionTalesError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise VisionTalesError(f"{path}: expected a JSON object with an 'annotations' list (VIST SIS format)")
+    records: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
+    for i, ann in enumerate(data["annotations"]):
+        # every SIS annotation is a one-element list; the reference loaders all read ann[0]
+        record = ann[0] if isinstance(ann, list) and ann else None
+        if not isinstance(record, dict):
+            raise VisionTalesError(f"{path}: annotations[{i}] is not a one-element list holding a record")
+        missing = [k for k in REQUIRED_KEYS if k not in record]
+        if missing:
+            raise VisionTalesError(f"{path}: annotations[{i}] lacks key '{missing[0]}'")
+        try:
+            order = int(record["worker_arranged_photo_order"])
+        except (TypeError, ValueError) as e:
+            raise VisionTalesError(f"{path}: annotations[{i}] has a non-integer "
+                                   f"worker_arranged_photo_order {record['worker_arranged_photo_order']!r}") from e
+        records[str(record["story_id"])].append(
+            (order, str(record["photo_flickr_id"]), str(record[text_field] or "").strip()))
+    return {sid: [(photo, text) for _, photo, text in sorted(recs)] for sid, recs in records.items()}
+
+
+def index_images(image_dir: Path) -> dict[str, Path]:
+    """photo_id -> image file, from one listing of the split's image folder (empty if absent)."""
+    if not image_dir.is_dir():
+        return {}
+    return {entry.stem: entry for entry in image_dir.iterdir() if entry.suffix.lower() in IMAGE_EXTENSIONS}
+
+
+def is_readable(path: Path) -> bool:
+    """Whether PIL recognises the file and its structure is intact (no full decode)."""
+    try:
+        with Image.open(path) as img:
+            img.verify()
+        return True
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return False
+
+
+def build_sequences(root: Path, split: str, windows: Literal["first", "all"] = "first",
+                    text_field: str = "text") -> tuple[list[Sequence], SplitReport]:
+    """Three-image sequences of one split and the report of what was kept and dropped."""
+    stories = read_stories(sis_path(root, split), text_field)
+    image_dir = root / "images" / split
+    images = index_images(image_dir)
+    readable: dict[str, bool] = {}
+    report = SplitReport(stories=len(stories))
+    sequences = []
+    for story_id, story in sorted(stories.items()):
+        starts = [0] if windows == "first" else range(len(story) - SEQUENCE_LENGTH + 1)
+        for start in starts:
+            window = story[start:start + SEQUENCE_LENGTH]
+            if len(window) < SEQUENCE_LENGTH:
+                continue
+            photo_ids = [p for p, _ in window]
+            texts = [t for _, t in window]
+            if any(p not in images for p in photo_ids):
+                report.dropped["missing_image"] += 1
+                continue
+            for p in photo_ids:
+                if p not in readable:
+                    readable[p] = is_readable(images[p])
+            if not all(readable[p] for p in photo_ids):
+                report.dropped["unreadable_image"] += 1
+                continue
+            if not all(texts):
+                report.dropped["empty_caption"] += 1
+                continue
+            sequences.append(Sequence(story_id, photo_ids, texts, [images[p] for p in photo_ids]))
+    report.sequences = len(sequences)
+    if not sequences:
+        if not image_dir.is_dir():
+            report.problem = f"{image_dir}: image folder not found (expected images/{split}/<photo_id>.jpg)"
+        else:
+            dropped = ", ".join(f"{r}={n}" for r, n in sorted(report.dropped.items())) or "no stories"
+            report.problem = f"{sis_path(root, split)}: no usable three-image sequence ({dropped})"
+    return sequences, report
+
+
+def check_dataset(root: str | Path, windows: Literal["first", "all"] = "first") -> dict[str, Any]:
+    """The report of `visiontales data check --dataset vist`: per split found on disk."""
+    root = Path(root)
+    if not root.is_dir():
+        raise VisionTalesError(f"{root}: dataset folder not found")
+    reports = {split: build_sequences(root, split, windows)[1]
+               for split in SPLITS if sis_path(root, split).exists()}
+    if not reports:
+        raise VisionTalesError(f"{root / 'annotations' / 'sis'}: no <split>.story-in-sequence.json found "
+                               f"for any of {', '.join(SPLITS)}")
+    if not any(r.sequences for r in reports.values()):
+        raise VisionTalesError(next(iter(reports.values())).problem)
+    return {"dataset": "vist", "splits": {split: r.as_dict() for split, r in reports.items()}}
+
+
+def clip_transform(image_size: int = 224, mean: Iterable[float] = CLIP_MEAN,
+                   std: Iterable[float] = CLIP_STD) -> T.Compose:
+    """CLIP's preprocessing: shortest side to `image_size` (bicubic), centre crop, normalise."""
+    return T.Compose([
+        T.ToImage(),
+        T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+        T.CenterCrop(image_size),
+        T.ToDtype(torch.float32, scale=True),
+        T.Normalize(list(mean), list(std)),
+    ])
+
+
+def load_image(path: Path, transform: T.Compose) -> torch.Tensor:
+    """One image file as a (3, H, W) float tensor; a file that fails to decode names itself."""
+    try:
+        with Image.open(path) as img:
+            return transform(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise VisionTalesError(f"{path}: cannot decode image ({e})") from e
+
+
+class VISTSequences(Dataset):
+    """Items for training (one per sequence) or evaluation (one per distinct photo sequence).
+
+    An item is a dict: `story_id` (str), `photo_ids` (3 str), `texts` (3 str, story order),
+    `references` (every story text of this photo sequence), and by `image_source`: "files":
+    `images` (3x3xSxS float, CLIP preprocessing); "features": `image_features` (3xD, precomputed);
+    "none": nothing (for models that do not look at the images).
+    """
+
+    def __init__(self, sequences: list[Sequence], transform: T.Compose, distinct: bool) -> None:
+        by_photos: dict[tuple[str, ...], list[Sequence]] = defaultdict(list)
+        for seq in sequences:
+            by_photos[tuple(seq.photo_ids)].append(seq)
+        if distinct:
+            self.groups = list(by_photos.values())
+        else:
+            self.groups = [[seq] for seq in sequences]
+        self.transform = transform
+        self.image_source: Literal["files", "features", "none"] = "files"
+        self.features: Mapping[str, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        group = self.groups[index]
+        seq = group[0]
+        item = {"story_id": seq.story_id, "photo_ids": list(seq.photo_ids), "texts": list(seq.texts),
+                "references": [" ".join(s.texts) for s in group]}
+        if self.image_source == "features":
+            item["image_features"] = torch.stack([self.features[p] for p in seq.photo_ids])
+        elif self.image_source == "files":
+            item["images"] = torch.stack([load_image(path, self.transform) for path in seq.image_paths])
+        return item
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors along a new batch dim; keep everything else as per-item lists."""
+    batch = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    return batch
+
+
+class VISTDataModule(L.LightningDataModule):
+    """VIST three-image sequences, as in the VisionTales paper (about 3,000 kept sequences)."""
+
+    def __init__(
+        self,
+        root: str = "data/vist",
+        windows: Literal["first", "all"] = "first",
+        text_field: Literal["text", "original_text"] = "text",
+        image_size: int = 224,
+        image_mean: tuple[float, float, float] = CLIP_MEAN,
+        image_std: tuple[float, float, float] = CLIP_STD,
+        batch_size: int = 1,
+        eval_batch_size: int = 16,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        predict_split: Literal["train", "val", "test"] = "test",
+    ) -> None:
+        """
+        Args:
+            root: VIST folder holding annotations/sis/ and images/<split>/.
+            windows: "first": the first three photos of each story (the paper); "all": every
+                window of three consecutive photos.
+            text_field: "text" (lower-cased, tokenised) or "original_text" (the raw sentence).
+            image_size: side of the square CLIP input.
+            image_mean: per-channel mean of CLIP's normalisation.
+            image_std: per-channel std of CLIP's normalisation.
+            batch_size: training batch size (the paper used 1).
+            eval_batch_size: batch size for validation, test and predict.
+            num_workers: DataLoader worker processes.
+            pin_memory: pin host memory for faster copies to the GPU.
+            predict_split: the split that `predict` writes stories for.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.root = Path(root)
+        self.transform = clip_transform(image_size, image_mean, image_std)
+        self.datasets: dict[str, VISTSequences] = {}
+        self.reports: dict[str, SplitReport] = {}
+
+    @property
+    def preprocessing_key(self) -> str:
+        """What the image tensors depend on besides the file: part of the feature-cache key."""
+        h = self.hparams
+        return f"clip-transform/size={h.image_size}/mean={tuple(h.image_mean)}/std={tuple(h.image_std)}/bicubic"
+
+    def splits_for(self, stage: str) -> list[str]:
+        return {"fit": ["train", "val"], "validate": ["val"], "test": ["test"],
+                "predict": [self.hparams.predict_split]}[stage]
+
+    def setup(self, stage: str) -> None:
+        for split in self.splits_for(stage):
+            if split in self.datasets:
+                continue
+            sequences, report = build_sequences(self.root, split, self.hparams.windows, self.hparams.text_field)
+            if not sequences:
+                raise VisionTalesError(report.problem)
+            dropped = ", ".join(f"{r}={report.dropped.get(r, 0)}" for r in DROP_REASONS)
+            log.info("VIST %s: %d stories, %d sequences kept, dropped: %s",
+                     split, report.stories, report.sequences, dropped)
+            self.reports[split] = report
+            self.datasets[split] = VISTSequences(sequences, self.transform, distinct=split != "train")
+
+    def image_paths(self, stage: str) -> dict[str, Path]:
+        """photo_id -> file for every photo the stage's splits use (after `setup(stage)`)."""
+        paths = {}
+        for split in self.splits_for(stage):
+            for group in self.datasets[split].groups:
+                for seq in group:
+                    paths.update(zip(seq.photo_ids, seq.image_paths, strict=True))
+        return paths
+
+    def load_image(self, path: Path) -> torch.Tensor:
+        return load_image(path, self.transform)
+
+    def attach_image_features(self, features: Mapping[str, torch.Tensor]) -> None:
+        """Serve precomputed per-photo features instead of decoding images (frozen CLIP)."""
+        for dataset in self.datasets.values():
+            dataset.image_source, dataset.features = "features", features
+
+    def drop_images(self) -> None:
+        """Serve no image data at all (for models that do not look at the images)."""
+        for dataset in self.datasets.values():
+            dataset.image_source = "none"
+
+    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle,
+                          num_workers=self.hparams.num_workers, pin_memory=self.hparams.pin_memory,
+                          collate_fn=collate, persistent_workers=self.hparams.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, self.hparams.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False, self.hparams.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.hparams.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.predict_split, False, self.hparams.eval_batch_size)

@@ -1,0 +1,182 @@
+"""The one place that builds pretrained backbones: GPT-2 + tokenizer and CLIP + preprocessing.
+
+A backbone is named by a spec string:
+
+- GPT-2: a hub id (`gpt2`, `gpt2-medium`), a local directory written by `save_pretrained`, or `tiny`.
+- CLIP:  `<open_clip model>@<pretrained tag>` (`ViT-B-32@openai`, the paper's), `hf-hub:<repo>`,
+  a local directory holding `open_clip_config.json` and weights, or `tiny`.
+
+`tiny` builds a small randomly initialised model once (fixed seed), saves it under
+`$VISIONTALES_HOME/backbones/` (default `~/.cache/visiontales`) exactly as a hub checkpoint is laid
+out, and then loads it back through the same `from_pretrained` / `local-dir:` path as real weights.
+The tiny GPT-2 gets a byte-level BPE tokenizer trained on the synthetic datasets' sentences (the
+GPT-2 BPE files do not ship with transformers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from visiontales.errors import VisionTalesError
+
+TINY = "tiny"
+TINY_SEED = 1234
+TINY_GPT2 = {"n_layer": 2, "n_head": 2, "n_embd": 64, "n_positions": 256}
+TINY_GPT2_VOCAB = 1000
+TINY_CLIP = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 32, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def home() -> Path:
+    """Where tiny backbones (and other reusable artefacts) are kept."""
+    return Path(os.environ.get("VISIONTALES_HOME", Path.home() / ".cache" / "visiontales"))
+
+
+def _missing_weights(spec: str, what: str, error: Exception) -> VisionTalesError:
+    return VisionTalesError(
+        f"{what} weights '{spec}' could not be loaded ({type(error).__name__}): give a local directory "
+        f"that holds them, or run where the Hugging Face Hub is reachable (or its cache, HF_HOME, has them)")
+
+
+# ---------------------------------------------------------------------------------------- GPT-2
+
+
+def _build_tiny_gpt2(directory: Path) -> None:
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from data_modules.synthetic import tokenizer_corpus
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(tokenizer_corpus(), vocab_size=TINY_GPT2_VOCAB, min_frequency=1,
+                            special_tokens=["<|endoftext|>"], show_progress=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>",
+                                        eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    torch.manual_seed(TINY_SEED)
+    config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, **TINY_GPT2)
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+
+
+def load_gpt2(spec: str) -> tuple[nn.Module, object]:
+    """(GPT-2 language model, its tokenizer) for a hub id, a local directory, or `tiny`.
+
+    GPT-2 has no padding token; its EOS doubles as one (padded positions are masked and carry
+    label -100, so the choice never reaches the loss).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if spec == TINY:
+        spec = str(_ensure_tiny("gpt2", _build_tiny_gpt2))
+    elif spec.startswith((".", "/", "~")) and not Path(spec).expanduser().is_dir():
+        raise VisionTalesError(f"{spec}: GPT-2 directory not found")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec)
+        model = AutoModelForCausalLM.from_pretrained(spec)
+    except OSError as e:
+        raise _missing_weights(spec, "GPT-2", e) from e
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+# ----------------------------------------------------------------------------------------- CLIP
+
+
+def save_clip(model: nn.Module, model_cfg: dict, directory: Path) -> None:
+    """Write an open_clip model as a hub-style local directory (config JSON + safetensors)."""
+    import safetensors.torch
+    from open_clip.push_to_hf_hub import save_config_for_hf
+
+    directory.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(model.state_dict(), directory / CLIP_WEIGHTS[0])
+    save_config_for_hf(model, directory / "open_clip_config.json", model_config=model_cfg)
+
+
+def _build_tiny_clip(directory: Path) -> None:
+    import open_clip
+
+    torch.manual_seed(TINY_SEED)
+    model = open_clip.create_model("ViT-B-32", pretrained=None, **TINY_CLIP)
+    save_clip(model, {**open_clip.get_model_config("ViT-B-32"), **TINY_CLIP}, directory)
+
+
+def load_clip(spec: str) -> nn.Module:
+    """An open_clip CLIP model (eval mode) for `name@tag`, `hf-hub:repo`, a local dir, or `tiny`.
+
+    Its preprocessing settings are in `model.visual.preprocess_cfg` (size, mean, std).
+    """
+    import open_clip
+
+    if spec == TINY:
+        spec = str(_ensure_tiny("clip", _build_tiny_clip))
+    if spec.startswith("hf-hub:"):
+        name, pretrained = spec, None
+    elif Path(spec).expanduser().is_dir():
+        name, pretrained = f"local-dir:{Path(spec).expanduser()}", None
+    elif "@" in spec:
+        name, pretrained = spec.split("@", 1)
+    else:
+        raise VisionTalesError(f"CLIP spec '{spec}' is neither a local directory, 'hf-hub:<repo>', "
+                               f"'<model>@<pretrained>' (e.g. ViT-B-32@openai) nor 'tiny'")
+    try:
+        model = open_clip.create_model(name, pretrained=pretrained)
+    except (RuntimeError, OSError, ValueError) as e:
+        raise _missing_weights(spec, "CLIP", e) from e
+    return model.eval()
+
+
+def fingerprint(module: nn.Module) -> str:
+    """A short hash of a module's weights (shapes and leading values of every tensor).
+
+    Cheap enough to compute at every start, and it changes when the weights do, which a name
+    such as `tiny` or a directory path would not promise.
+    """
+    h = hashlib.sha1()
+    for name, tensor in module.state_dict().items():
+        flat = tensor.detach().flatten()[:64].float().cpu()
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(flat.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------- tiny
+
+
+def _ensure_tiny(kind: str, build) -> Path:
+    """Build the tiny `kind` backbone into the cache once; return its directory.
+
+    Built into a temporary sibling and renamed, so that two processes (DDP ranks, parallel tests)
+    never see a half-written directory.
+    """
+    import data_modules.synthetic as synthetic
+
+    recipe = json.dumps({"kind": kind, "gpt2": TINY_GPT2, "vocab": TINY_GPT2_VOCAB, "clip": TINY_CLIP,
+                         "seed": TINY_SEED, "corpus": len(synthetic.tokenizer_corpus())}, sort_keys=True)
+    directory = home() / "backbones" / f"tiny-{kind}-{hashlib.sha1(recipe.encode()).hexdigest()[:10]}"
+    if directory.is_dir():
+        return directory
+    tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    build(tmp)
+    try:
+        tmp.rename(directory)
+    except OSError:  # another process finished first; its copy is identical
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory

@@ -1,0 +1,66 @@
+"""Callbacks that turn what the models produce into things a person can look at."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
+
+
+class TextSamples(L.Callback):
+    """Logs the first `n` validation samples of each epoch to TensorBoard as a Markdown table.
+
+    The module's validation_step returns {"samples": [{"column": "text", ...}, ...]}.
+    """
+
+    def __init__(self, n: int = 4, tag: str = "val/samples") -> None:
+        self.n, self.tag = n, tag
+        self.rows: list[dict[str, str]] = []
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.rows = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if isinstance(outputs, dict) and len(self.rows) < self.n:
+            self.rows.extend(outputs.get("samples", [])[: self.n - len(self.rows)])
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.rows or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        experiment = getattr(trainer.logger, "experiment", None)
+        if not hasattr(experiment, "add_text"):
+            return
+        columns = list(self.rows[0])
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(str(row[c]).replace("|", "\\|") for c in columns) + " |" for row in self.rows]
+        experiment.add_text(self.tag, "\n".join(lines), global_step=trainer.global_step)
+
+
+class JSONPredictionWriter(BasePredictionWriter):
+    """Writes every record that predict_step returns to `<log dir>/predictions.json`, and shows the
+    first few on the console."""
+
+    def __init__(self, filename: str = "predictions.json", show: int = 2) -> None:
+        super().__init__(write_interval="epoch")
+        self.filename, self.show = filename, show
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        records: list[dict[str, Any]] = [r for batch in predictions for r in batch]
+        if trainer.world_size > 1:
+            import torch.distributed as dist
+
+            gathered: list = [None] * trainer.world_size
+            dist.all_gather_object(gathered, records)
+            records = [r for part in gathered for r in part]
+        if not trainer.is_global_zero:
+            return
+        out = Path(trainer.log_dir or ".") / self.filename
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(records, indent=1))
+        for record in records[: self.show]:
+            rank_zero_info("\n".join(f"{k:>10}: {v}" for k, v in record.items()) + "\n")
+        rank_zero_info(f"wrote {len(records)} predictions to {out}")

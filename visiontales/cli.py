@@ -1,0 +1,179 @@
+"""`visiontales`: LightningCLI subcommands (fit, validate, test, predict) and the extra commands.
+
+    visiontales fit --config experiments/clip_storyteller.yaml [--trainer.max_epochs 3 ...]
+    visiontales data synth --dataset vist --out data/vist-synthetic
+    visiontales data check --dataset vist --root data/vist [--json]
+    visiontales tell --checkpoint runs/.../last.ckpt a.jpg b.jpg c.jpg
+
+User mistakes (a bad file, key, value or path) end in one line `error: ...` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from visiontales.errors import VisionTalesError
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+USAGE = """usage: visiontales <command> [options]
+
+Training and evaluation (LightningCLI; `visiontales <command> --help` lists every option):
+  fit        train a model:            visiontales fit --config experiments/X.yaml [--key value ...]
+  validate   run the validation split: visiontales validate --config X.yaml --ckpt_path CKPT
+  test       run the test split:       visiontales test --config X.yaml --ckpt_path CKPT
+  predict    write predictions.json:   visiontales predict --config X.yaml --ckpt_path CKPT
+
+Other commands:
+  data synth   write a synthetic dataset in the real on-disk layout
+  data check   validate a dataset folder and report what is kept and dropped
+  tell         print a story for three image files with a trained CLIPStoryteller
+"""
+
+LOGGER_DEFAULT = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                  "init_args": {"save_dir": "runs", "name": "visiontales"}}
+CHECKPOINT_ALIASES = ("last", "best", "hpc", "registry")
+
+
+def _datasets():
+    from data_modules import synthetic, vist
+
+    return {"vist": (synthetic.write_synthetic_vist, vist.check_dataset)}
+
+
+def run_lightning(args: list[str]) -> None:
+    from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
+    from lightning.pytorch.cli import LightningCLI
+
+    class VisionTalesCLI(LightningCLI):
+        def before_instantiate_classes(self) -> None:
+            ckpt = self.config[self.subcommand].get("ckpt_path")
+            if ckpt and ckpt not in CHECKPOINT_ALIASES and not Path(ckpt).is_file():
+                raise VisionTalesError(f"{ckpt}: checkpoint not found (--ckpt_path)")
+
+    VisionTalesCLI(
+        args=args,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        # callbacks given here are always present; the models add their own checkpointing
+        trainer_defaults={"logger": LOGGER_DEFAULT,
+                          "callbacks": [RichProgressBar(), LearningRateMonitor(logging_interval="step")]},
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"exit_on_error": False},
+        auto_configure_optimizers=False,
+    )
+
+
+def data_command(args: list[str]) -> int:
+    datasets = _datasets()
+    parser = argparse.ArgumentParser(prog="visiontales data", description="Dataset tools.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    synth = sub.add_parser("synth", help="write a synthetic dataset in the real on-disk layout")
+    synth.add_argument("--dataset", choices=sorted(datasets), required=True)
+    synth.add_argument("--out", type=Path, required=True, help="folder to write (created)")
+    synth.add_argument("--seed", type=int, default=0, help="same seed, same files")
+    synth.add_argument("--albums", type=int, default=200, help="VIST: photo albums to write (two stories each)")
+    check = sub.add_parser("check", help="validate a dataset folder; report kept and dropped items per split")
+    check.add_argument("--dataset", choices=sorted(datasets), required=True)
+    check.add_argument("--root", type=Path, required=True, help="the dataset folder")
+    check.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    opts = parser.parse_args(args)
+    write, check_fn = datasets[opts.dataset]
+    if opts.action == "synth":
+        counts = write(opts.out, seed=opts.seed, albums=opts.albums)
+        print(f"wrote synthetic {opts.dataset} to {opts.out}: "
+              + ", ".join(f"{split} {n} stories" for split, n in counts.items()))
+        return 0
+    report = check_fn(opts.root)
+    if opts.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{opts.dataset} at {opts.root}")
+    for split, r in report["splits"].items():
+        counts = ", ".join(f"{k} {v}" for k, v in r.items() if k != "dropped")
+        dropped = ", ".join(f"{k} {v}" for k, v in r["dropped"].items())
+        print(f"  {split:<5} {counts}; dropped: {dropped}")
+    return 0
+
+
+def tell_command(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="visiontales tell",
+                                     description="Print a story for three images with a trained CLIPStoryteller.")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a CLIPStoryteller checkpoint (.ckpt)")
+    parser.add_argument("images", type=Path, nargs=3, help="three image files, in story order")
+    parser.add_argument("--decoding", choices=("greedy", "beam", "nucleus"), help="override the trained setting")
+    opts = parser.parse_args(args)
+
+    import torch
+
+    from data_modules.vist import clip_transform, load_image
+    from visiontales.models.storyteller import CLIPStoryteller
+
+    for path in [opts.checkpoint, *opts.images]:
+        if not path.is_file():
+            raise VisionTalesError(f"{path}: file not found")
+    model = load_checkpoint(CLIPStoryteller, opts.checkpoint)
+    if opts.decoding:
+        model.hparams.decoding = opts.decoding
+    if model.clip is None:
+        logging.getLogger("visiontales").warning(
+            "this storyteller was trained with prompt conditioning (the paper's): it does not look at the images")
+        images = torch.zeros(1, 3, 3, 1, 1)
+    else:
+        cfg = model.clip.visual.preprocess_cfg
+        transform = clip_transform(cfg["size"][0] if isinstance(cfg["size"], tuple | list) else cfg["size"],
+                                   cfg["mean"], cfg["std"])
+        images = torch.stack([load_image(p, transform) for p in opts.images]).unsqueeze(0)
+    print(model.generate_stories({"images": images})[0])
+    return 0
+
+
+def load_checkpoint(cls, path: Path):
+    """`cls.load_from_checkpoint` on the CPU, with a one-line error for a file that is no checkpoint."""
+    import pickle
+    import zipfile
+
+    try:
+        return cls.load_from_checkpoint(path, map_location="cpu").eval()
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, KeyError) as e:
+        raise VisionTalesError(f"{path}: not a readable {cls.__name__} checkpoint ({type(e).__name__}: {e})") from e
+
+
+def _configure_logging() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("visiontales", "data_modules"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        logger.propagate = False  # libraries may configure the root logger too; print once
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    _configure_logging()
+    try:
+        if not args or args[0] in ("-h", "--help"):
+            print(USAGE)
+            return 0
+        if args[0] == "data":
+            return data_command(args[1:])
+        if args[0] == "tell":
+            return tell_command(args[1:])
+        if args[0] not in LIGHTNING_COMMANDS:
+            raise VisionTalesError(f"unknown command '{args[0]}' (see `visiontales --help`)")
+        run_lightning(args)
+        return 0
+    except VisionTalesError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except argparse.ArgumentError as e:  # jsonargparse: a config key or value that does not parse
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One LightningModule per file; configs name them by class path."""

@@ -1,0 +1,291 @@
+"""CLIPStoryteller: the VisionTales paper (images -> story), and one step beyond it.
+
+Paper (shared/papers/visiontales.md, sections 3-4): frozen CLIP ViT-B/32 encodes each of three
+VIST images to 512-d and the three vectors are averaged; GPT-2 is fine-tuned (AdamW, lr 5e-5,
+batch size 1, 7 epochs) on "Tell a story based on the following images:" followed by the story.
+
+- conditioning="prompt" is the paper's setting. Its prompt is a fixed string, so the images do not
+  reach GPT-2 at all: the model learns the style of the stories, not what the photos show.
+- conditioning="prefix" (ClipCap, Mokady et al. 2021, rmokady/CLIP_prefix_caption) maps the CLIP
+  vector to L GPT-2 input embeddings placed before the story, so the images condition the text.
+
+In both, the loss covers only the story tokens and EOS (prompt, prefix and padding carry label
+-100), and generation stops at EOS, not at the first "." (which would end a story after one
+sentence, as ClipCap's decoder does).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visiontales.backbones import fingerprint, home, load_clip, load_gpt2
+from visiontales.callbacks import JSONPredictionWriter, TextSamples
+from visiontales.evaluation import CaptionScores
+from visiontales.feature_cache import FeatureCache
+
+log = logging.getLogger(__name__)
+# the prefix is embeddings, not ids: n-gram blocking applies to the story only, which is what we want
+warnings.filterwarnings("ignore", message="Passing `no_repeat_ngram_size` with `inputs_embeds`")
+
+
+class PrefixMapper(nn.Module):
+    """CLIP vector (B, D) -> L GPT-2 input embeddings (B, L, E), as in ClipCap.
+
+    "mlp": Linear -> Tanh -> Linear (ClipCap's MLP, used with GPT-2 fine-tuned).
+    "transformer": the CLIP vector projected to L tokens, followed by L learned constants, through
+    a transformer encoder; the outputs at the constants' positions are the prefix (ClipCap's
+    TransformerMapper, used with GPT-2 frozen).
+    """
+
+    def __init__(self, kind: str, clip_dim: int, embed_dim: int, length: int, layers: int = 8) -> None:
+        super().__init__()
+        self.kind, self.length, self.embed_dim = kind, length, embed_dim
+        if kind == "mlp":
+            hidden = embed_dim * length // 2
+            self.net = nn.Sequential(nn.Linear(clip_dim, hidden), nn.Tanh(), nn.Linear(hidden, embed_dim * length))
+        elif kind == "transformer":
+            self.project = nn.Linear(clip_dim, embed_dim * length)
+            self.constants = nn.Parameter(torch.randn(length, embed_dim))
+            heads = 8 if embed_dim % 8 == 0 else 1
+            layer = nn.TransformerEncoderLayer(embed_dim, heads, dim_feedforward=2 * embed_dim, batch_first=True)
+            self.net = nn.TransformerEncoder(layer, layers)
+        else:
+            raise ValueError(f"mapper must be 'mlp' or 'transformer', got {kind!r}")
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        b = features.shape[0]
+        if self.kind == "mlp":
+            return self.net(features).view(b, self.length, self.embed_dim)
+        tokens = self.project(features).view(b, self.length, self.embed_dim)  # (B, L, E)
+        constants = self.constants.unsqueeze(0).expand(b, -1, -1)
+        return self.net(torch.cat([tokens, constants], dim=1))[:, self.length:]
+
+
+class CLIPStoryteller(L.LightningModule):
+    """Frozen CLIP + fine-tuned GPT-2 that tells a story for a three-image sequence."""
+
+    def __init__(
+        self,
+        gpt2: str = "gpt2",
+        clip: str = "ViT-B-32@openai",
+        conditioning: Literal["prompt", "prefix"] = "prompt",
+        prompt: str = "Tell a story based on the following images:",
+        prefix_length: int = 10,
+        mapper: Literal["mlp", "transformer"] = "mlp",
+        mapper_layers: int = 8,
+        image_fusion: Literal["mean", "per_image"] = "mean",
+        normalize_features: bool = True,
+        freeze_gpt2: bool = False,
+        lr: float = 5e-5,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        max_story_tokens: int = 128,
+        decoding: Literal["greedy", "beam", "nucleus"] = "greedy",
+        num_beams: int = 4,
+        top_p: float = 0.9,
+        temperature: float = 1.0,
+        no_repeat_ngram_size: int = 3,
+        max_new_tokens: int = 80,
+        feature_cache: bool = True,
+        samples_to_log: int = 4,
+    ) -> None:
+        """
+        Args:
+            gpt2: GPT-2 to fine-tune: hub id (gpt2), local directory, or "tiny".
+            clip: frozen CLIP: "ViT-B-32@openai" (the paper), "hf-hub:<repo>", local dir, or "tiny".
+            conditioning: "prompt" (the paper: a fixed text prompt, images unused) or "prefix"
+                (ClipCap-style: CLIP features mapped to GPT-2 input embeddings).
+            prompt: the text placed before the story in "prompt" conditioning.
+            prefix_length: L, the number of prefix embeddings per CLIP vector ("prefix" only).
+            mapper: "mlp" or "transformer" (ClipCap's two mapping networks).
+            mapper_layers: transformer layers of the "transformer" mapper.
+            image_fusion: "mean" (the paper: average the three CLIP vectors, L prefix tokens) or
+                "per_image" (one L-token prefix per image, 3L tokens in story order).
+            normalize_features: L2-normalise each CLIP vector before fusing them.
+            freeze_gpt2: keep GPT-2 frozen and train only the mapper (ClipCap's transformer setting).
+            lr: AdamW learning rate (the paper: 5e-5).
+            weight_decay: AdamW weight decay.
+            warmup_steps: linear learning-rate warm-up steps (ClipCap: 5,000; the paper: none).
+            max_story_tokens: stories are truncated to this many tokens for training.
+            decoding: "greedy", "beam" or "nucleus" sampling.
+            num_beams: beams for "beam" decoding.
+            top_p: nucleus mass for "nucleus" decoding.
+            temperature: sampling temperature for "nucleus" decoding.
+            no_repeat_ngram_size: block repeated n-grams of this size in generation (0: off).
+            max_new_tokens: longest story generated, in tokens.
+            feature_cache: cache the frozen CLIP features of every photo on disk
+                ($VISIONTALES_HOME/features) and train on them instead of re-encoding images.
+            samples_to_log: generated stories logged to TensorBoard as text per validation epoch.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.gpt2, self.tokenizer = load_gpt2(gpt2)
+        if freeze_gpt2:
+            self.gpt2.requires_grad_(False)
+        self.prompt_ids = self.tokenizer(prompt)["input_ids"]
+        self.clip = None
+        if conditioning == "prefix":
+            self.clip = load_clip(clip).requires_grad_(False)
+            embed_dim = self.gpt2.get_input_embeddings().embedding_dim
+            self.mapper = PrefixMapper(mapper, self.clip.visual.output_dim, embed_dim, prefix_length, mapper_layers)
+        self.val_scores = CaptionScores()
+        self.test_scores = CaptionScores()
+
+    # ------------------------------------------------------------------------------- inputs
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, C, H, W) preprocessed images -> (B, 3, D) frozen CLIP features."""
+        with torch.no_grad():
+            return self.clip.encode_image(images.flatten(0, 1)).float().view(*images.shape[:2], -1)
+
+    def condition(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The embeddings GPT-2 reads before the story: (B, P, E)."""
+        embed = self.gpt2.get_input_embeddings()
+        b = len(batch["photo_ids"]) if "photo_ids" in batch else batch["images"].shape[0]
+        if self.hparams.conditioning == "prompt":
+            ids = torch.tensor(self.prompt_ids, device=self.device)
+            return embed(ids).unsqueeze(0).expand(b, -1, -1)
+        features = batch["image_features"] if "image_features" in batch else self.encode_images(batch["images"])
+        features = features.to(self.device, torch.float32)  # (B, 3, D)
+        if self.hparams.normalize_features:
+            features = F.normalize(features, dim=-1)
+        if self.hparams.image_fusion == "mean":
+            return self.mapper(features.mean(dim=1))  # (B, L, E)
+        prefix = self.mapper(features.flatten(0, 1))  # (B*3, L, E)
+        return prefix.view(b, -1, prefix.shape[-1])  # (B, 3L, E)
+
+    def story_ids(self, batch: dict[str, Any]) -> list[list[int]]:
+        """Token ids of each story (its three sentences joined), truncated, ending in EOS."""
+        stories = [" " + " ".join(texts) for texts in batch["texts"]]
+        ids = self.tokenizer(stories)["input_ids"]
+        return [seq[: self.hparams.max_story_tokens - 1] + [self.tokenizer.eos_token_id] for seq in ids]
+
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Mean cross-entropy over the story tokens (and EOS) only."""
+        prefix = self.condition(batch)  # (B, P, E)
+        stories = self.story_ids(batch)
+        b, p = prefix.shape[:2]
+        t = max(map(len, stories))
+        ids = torch.full((b, t), self.tokenizer.pad_token_id, dtype=torch.long, device=self.device)
+        story_mask = torch.zeros((b, t), dtype=torch.long, device=self.device)
+        for i, seq in enumerate(stories):
+            ids[i, : len(seq)] = torch.tensor(seq, device=self.device)
+            story_mask[i, : len(seq)] = 1
+        embeds = torch.cat([prefix, self.gpt2.get_input_embeddings()(ids)], dim=1)  # (B, P+T, E)
+        mask = torch.cat([torch.ones((b, p), dtype=torch.long, device=self.device), story_mask], dim=1)
+        labels = torch.cat([torch.full((b, p), -100, device=self.device), ids.masked_fill(story_mask == 0, -100)], 1)
+        return self.gpt2(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+
+    @torch.no_grad()
+    def generate_stories(self, batch: dict[str, Any]) -> list[str]:
+        """One story per item of the batch, decoded until EOS."""
+        prefix = self.condition(batch)
+        h = self.hparams
+        options: dict[str, Any] = {"num_beams": 1, "do_sample": False}
+        if h.decoding == "beam":
+            options.update(num_beams=h.num_beams, early_stopping=True)
+        elif h.decoding == "nucleus":
+            options.update(do_sample=True, top_p=h.top_p, top_k=0, temperature=h.temperature)
+        out = self.gpt2.generate(
+            inputs_embeds=prefix, attention_mask=torch.ones(prefix.shape[:2], dtype=torch.long, device=self.device),
+            max_new_tokens=h.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id, no_repeat_ngram_size=h.no_repeat_ngram_size, **options)
+        return [s.strip() for s in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    # ------------------------------------------------------------------------------- hooks
+
+    def setup(self, stage: str) -> None:
+        """Decide what the data module serves: no images for "prompt" (the paper's prompt carries
+        none), cached CLIP features for "prefix" with the cache on, image tensors otherwise."""
+        datamodule = getattr(self._trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "attach_image_features"):
+            return
+        if self.clip is None:
+            datamodule.drop_images()
+        elif self.hparams.feature_cache:
+            datamodule.attach_image_features(self.cached_features(datamodule, stage))
+
+    def cached_features(self, datamodule, stage: str) -> dict[str, torch.Tensor]:
+        """Frozen CLIP features of every photo the stage uses, from the cache or encoded once."""
+        strategy = self.trainer.strategy
+        self.clip.to(strategy.root_device)
+        cache = FeatureCache(home() / "features", f"{fingerprint(self.clip)}/{datamodule.preprocessing_key}")
+        return cache.get(datamodule.image_paths(stage), datamodule.load_image,
+                         lambda images: self.encode_images(images.unsqueeze(1).to(strategy.root_device))[:, 0],
+                         num_workers=datamodule.hparams.num_workers,
+                         writer=self.trainer.is_global_zero, barrier=strategy.barrier)
+
+    def on_train_epoch_start(self) -> None:
+        if self.clip is not None:
+            self.clip.eval()  # frozen: no dropout or norm-statistics updates
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["texts"]))
+        return loss
+
+    def _evaluation_step(self, batch: dict[str, Any], split: str, scores: CaptionScores) -> dict[str, Any]:
+        self.log(f"{split}/loss", self.loss(batch), batch_size=len(batch["texts"]), sync_dist=True)
+        stories = self.generate_stories(batch)
+        scores.update(["/".join(p) for p in batch["photo_ids"]], stories, batch["references"])
+        return {"samples": [{"photos": " ".join(p), "generated": s, "reference": r[0]}
+                            for p, s, r in zip(batch["photo_ids"], stories, batch["references"], strict=True)]}
+
+    def _log_scores(self, split: str, scores: CaptionScores) -> None:
+        if not self.trainer.sanity_checking:
+            self.log_dict({f"{split}/{name}": value for name, value in scores.compute().items()})
+        scores.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return self._evaluation_step(batch, "val", self.val_scores)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val", self.val_scores)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return self._evaluation_step(batch, "test", self.test_scores)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test", self.test_scores)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        stories = self.generate_stories(batch)
+        return [{"story_id": sid, "photo_ids": p, "story": s, "references": r}
+                for sid, p, s, r in zip(batch["story_id"], batch["photo_ids"], stories, batch["references"],
+                                        strict=True)]
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if not self.hparams.warmup_steps:
+            return optimizer
+        warmup = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / self.hparams.warmup_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        return [
+            ModelCheckpoint(monitor="val/cider", mode="max", save_last=True,
+                            filename="epoch{epoch:02d}-cider{val/cider:.4f}", auto_insert_metric_name=False),
+            TextSamples(self.hparams.samples_to_log),
+            JSONPredictionWriter(),
+        ]
+
+    # The frozen CLIP is rebuilt from its spec at load time, so checkpoints leave it out
+    # (ViT-B/32 would add 350 MB to every checkpoint).
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("clip.")}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.clip is not None:
+            checkpoint["state_dict"].update({f"clip.{k}": v for k, v in self.clip.state_dict().items()})
