@@ -44,23 +44,27 @@ def _datasets():
     return {"vist": (synthetic.write_synthetic_vist, vist.check_dataset)}
 
 
-def run_lightning(args: list[str]) -> None:
+def run_lightning(args: list[str] | None) -> None:
+    """Run a LightningCLI subcommand; `args=None` reads sys.argv like any console script."""
     from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
     from lightning.pytorch.cli import LightningCLI
 
     class VisionTalesCLI(LightningCLI):
         def before_instantiate_classes(self) -> None:
-            ckpt = self.config[self.subcommand].get("ckpt_path")
+            config = self.config[self.subcommand]
+            ckpt = config.get("ckpt_path")
             if ckpt and ckpt not in CHECKPOINT_ALIASES and not Path(ckpt).is_file():
                 raise VisionTalesError(f"{ckpt}: checkpoint not found (--ckpt_path)")
+            if config.trainer.enable_progress_bar is not False:
+                self.trainer_defaults["callbacks"].append(RichProgressBar())
 
     VisionTalesCLI(
         args=args,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        # callbacks given here are always present; the models add their own checkpointing
-        trainer_defaults={"logger": LOGGER_DEFAULT,
-                          "callbacks": [RichProgressBar(), LearningRateMonitor(logging_interval="step")]},
+        # callbacks given here are always present (a rich progress bar joins them unless
+        # --trainer.enable_progress_bar false); the models add their own checkpointing
+        trainer_defaults={"logger": LOGGER_DEFAULT, "callbacks": [LearningRateMonitor(logging_interval="step")]},
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"exit_on_error": False},
         auto_configure_optimizers=False,
@@ -165,14 +169,23 @@ def main(argv: list[str] | None = None) -> int:
             return tell_command(args[1:])
         if args[0] not in LIGHTNING_COMMANDS:
             raise VisionTalesError(f"unknown command '{args[0]}' (see `visiontales --help`)")
-        run_lightning(args)
+        run_lightning(None if argv is None else args)
         return 0
     except VisionTalesError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except argparse.ArgumentError as e:  # jsonargparse: a config key or value that does not parse
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {config_error_line(str(e), args)}", file=sys.stderr)
         return 2
+
+
+def config_error_line(message: str, args: list[str]) -> str:
+    """jsonargparse's nested, multi-line explanation as one line: the key path and the reason."""
+    noise = ("Does not validate against any", "Subtypes:", "Errors:", "Given value", "Expected a <class 'NoneType'>")
+    parts = [line.strip(" -") for line in message.splitlines() if line.strip(" -")]
+    line = " ".join(part for part in parts if not part.startswith(noise))
+    configs = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
+    return f"{line} (config: {', '.join(configs)})" if configs else line
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ class PrefixMapper(nn.Module):
             return self.net(features).view(b, self.length, self.embed_dim)
         tokens = self.project(features).view(b, self.length, self.embed_dim)  # (B, L, E)
         constants = self.constants.unsqueeze(0).expand(b, -1, -1)
-        return self.net(torch.cat([tokens, constants], dim=1))[:, self.length:]
+        return self.net(torch.cat([tokens, constants], dim=1))[:, self.length:]  # (B, L, E)
 
 
 class CLIPStoryteller(L.LightningModule):
@@ -159,7 +159,7 @@ class CLIPStoryteller(L.LightningModule):
         if self.hparams.image_fusion == "mean":
             return self.mapper(features.mean(dim=1))  # (B, L, E)
         prefix = self.mapper(features.flatten(0, 1))  # (B*3, L, E)
-        return prefix.view(b, -1, prefix.shape[-1])  # (B, 3L, E)
+        return prefix.reshape(b, -1, prefix.shape[-1])  # (B, 3L, E)
 
     def story_ids(self, batch: dict[str, Any]) -> list[list[int]]:
         """Token ids of each story (its three sentences joined), truncated, ending in EOS."""
@@ -167,8 +167,12 @@ class CLIPStoryteller(L.LightningModule):
         ids = self.tokenizer(stories)["input_ids"]
         return [seq[: self.hparams.max_story_tokens - 1] + [self.tokenizer.eos_token_id] for seq in ids]
 
-    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Mean cross-entropy over the story tokens (and EOS) only."""
+    def inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(inputs_embeds (B, P+T, E), attention_mask (B, P+T), labels (B, P+T)) for teacher forcing.
+
+        Labels are the story ids followed by EOS; the prompt or prefix positions and the right
+        padding carry -100, so the loss covers the story alone.
+        """
         prefix = self.condition(batch)  # (B, P, E)
         stories = self.story_ids(batch)
         b, p = prefix.shape[:2]
@@ -178,9 +182,14 @@ class CLIPStoryteller(L.LightningModule):
         for i, seq in enumerate(stories):
             ids[i, : len(seq)] = torch.tensor(seq, device=self.device)
             story_mask[i, : len(seq)] = 1
-        embeds = torch.cat([prefix, self.gpt2.get_input_embeddings()(ids)], dim=1)  # (B, P+T, E)
+        embeds = torch.cat([prefix, self.gpt2.get_input_embeddings()(ids)], dim=1)
         mask = torch.cat([torch.ones((b, p), dtype=torch.long, device=self.device), story_mask], dim=1)
         labels = torch.cat([torch.full((b, p), -100, device=self.device), ids.masked_fill(story_mask == 0, -100)], 1)
+        return embeds, mask, labels
+
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Mean cross-entropy over the story tokens (and EOS) only."""
+        embeds, mask, labels = self.inputs(batch)
         return self.gpt2(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
 
     @torch.no_grad()

@@ -1,0 +1,51 @@
+"""Shared fixtures: a synthetic VIST written once, tiny backbones built once, all under a temp dir.
+
+Nothing here touches the network: the tiny backbones are built from configs and loaded back
+through backbones.py exactly like hub weights.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = REPO / "experiments"
+VIST_ALBUMS = 60
+# read by huggingface_hub at import time: set before anything imports it
+os.environ["HF_HUB_OFFLINE"] = "1"  # 48 train / 6 val / 6 test albums: 96 / 12 / 12 stories
+
+
+@pytest.fixture(scope="session", autouse=True)
+def visiontales_home(tmp_path_factory) -> Path:
+    """Tiny backbones and feature caches go to a per-session temp dir, never ~/.cache."""
+    home = tmp_path_factory.mktemp("visiontales_home")
+    os.environ["VISIONTALES_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def vist_root(tmp_path_factory) -> Path:
+    from data_modules.synthetic import write_synthetic_vist
+
+    root = tmp_path_factory.mktemp("vist")
+    write_synthetic_vist(root, seed=0, albums=VIST_ALBUMS)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    from visiontales.backbones import load_gpt2
+
+    return load_gpt2("tiny")
+
+
+def tiny_overrides(config: str, root: Path, out: Path, **trainer) -> list[str]:
+    """CLI arguments that run a tiny experiment config on `root`, writing under `out`."""
+    args = ["--config", str(EXPERIMENTS / "tiny" / config), "--data.init_args.root", str(root),
+            "--trainer.logger.init_args.save_dir", str(out / "runs"), "--trainer.enable_progress_bar", "false"]
+    for key, value in trainer.items():
+        args += [f"--trainer.{key}", str(value)]
+    return args

@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from visiontales.backbones import fingerprint, load_clip, load_gpt2
+from visiontales.errors import VisionTalesError
+
+
+def test_tiny_gpt2_is_saved_and_loaded_like_hub_weights(visiontales_home, tiny_gpt2):
+    model, tokenizer = tiny_gpt2
+    saved = list((visiontales_home / "backbones").glob("tiny-gpt2-*"))
+    assert len(saved) == 1
+    assert {"config.json", "tokenizer.json"} <= {p.name for p in saved[0].iterdir()}
+    # the trained byte-level BPE round-trips the synthetic stories
+    text = " we went to the beach today . there was a dog at the beach ."
+    ids = tokenizer(text)["input_ids"]
+    assert tokenizer.decode(ids) == text
+    assert len(ids) < 20  # whole words, not bytes
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id
+    again, _ = load_gpt2(str(saved[0]))  # the same directory, given as a local path
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
+
+
+def test_tiny_clip_round_trip_through_local_dir(visiontales_home):
+    model = load_clip("tiny")
+    directory = next((visiontales_home / "backbones").glob("tiny-clip-*"))
+    assert (directory / "open_clip_config.json").is_file()
+    again = load_clip(str(directory))
+    assert fingerprint(model) == fingerprint(again)
+    images = torch.randn(2, 3, 224, 224)
+    assert torch.allclose(model.encode_image(images), again.encode_image(images))
+    assert model.visual.preprocess_cfg["size"] in ((224, 224), 224)
+
+
+def test_fingerprint_follows_the_weights(visiontales_home):
+    model = load_clip("tiny")
+    before = fingerprint(model)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    assert fingerprint(model) != before
+
+
+@pytest.mark.parametrize(("loader", "spec", "message"), [
+    (load_gpt2, "no-such-org/no-such-gpt2", "GPT-2 weights 'no-such-org/no-such-gpt2' could not be loaded"),
+    (load_gpt2, "./not/a/dir", "./not/a/dir: GPT-2 directory not found"),
+    (load_clip, "ViT-B-32", "CLIP spec 'ViT-B-32' is neither"),
+    (load_clip, "ViT-B-32@openai", "CLIP weights 'ViT-B-32@openai' could not be loaded"),
+])
+def test_missing_weights_say_which_in_one_line(loader, spec, message):
+    with pytest.raises(VisionTalesError, match=message) as info:
+        loader(spec)
+    assert "\n" not in str(info.value)

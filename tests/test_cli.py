@@ -1,0 +1,120 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import EXPERIMENTS, REPO, tiny_overrides
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from visiontales.cli import main
+
+ALL_CONFIGS = sorted(EXPERIMENTS.rglob("*.yaml"))
+
+
+def _error_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda p: str(p.relative_to(EXPERIMENTS)))
+def test_every_shipped_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].startswith("visiontales.models.")
+    assert printed["data"]["class_path"].startswith("data_modules.")
+
+
+def test_paper_config_holds_the_papers_settings():
+    config = yaml.safe_load((EXPERIMENTS / "clip_storyteller.yaml").read_text())
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    assert (model["gpt2"], model["clip"], model["conditioning"]) == ("gpt2", "ViT-B-32@openai", "prompt")
+    assert model["lr"] == 5e-5 and data["batch_size"] == 1 and config["trainer"]["max_epochs"] == 7
+
+
+def test_data_synth_then_check_json(tmp_path, capsys):
+    assert main(["data", "synth", "--dataset", "vist", "--out", str(tmp_path / "v"), "--albums", "10"]) == 0
+    capsys.readouterr()
+    assert main(["data", "check", "--dataset", "vist", "--root", str(tmp_path / "v"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)  # exactly one JSON object, nothing else
+    assert set(report) == {"dataset", "splits"} and set(report["splits"]) == {"train", "val", "test"}
+    assert report["splits"]["train"] == {"stories": 16, "sequences": 13, "dropped": {
+        "missing_image": 1, "unreadable_image": 1, "empty_caption": 1}}
+
+
+def test_data_check_of_nothing_usable_exits_2_with_one_line(tmp_path, capsys):
+    (tmp_path / "annotations" / "sis").mkdir(parents=True)
+    (tmp_path / "annotations" / "sis" / "val.story-in-sequence.json").write_text("{not json")
+    assert main(["data", "check", "--dataset", "vist", "--root", str(tmp_path), "--json"]) == 2
+    assert "val.story-in-sequence.json: not valid JSON" in _error_line(capsys)
+    assert main(["data", "check", "--dataset", "vist", "--root", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: dataset folder not found" in _error_line(capsys)
+
+
+def test_config_key_typo_exits_2_naming_the_key(tmp_path, capsys):
+    text = (EXPERIMENTS / "tiny" / "clip_storyteller.yaml").read_text().replace("    lr:", "    lrr:")
+    (tmp_path / "typo.yaml").write_text(text)
+    assert main(["fit", "--config", str(tmp_path / "typo.yaml")]) == 2
+    line = _error_line(capsys)
+    assert "Option 'lrr' is not accepted" in line and "typo.yaml" in line
+
+
+def test_missing_checkpoint_exits_2_naming_the_path(tmp_path, capsys):
+    assert main(["test", "--config", str(EXPERIMENTS / "tiny" / "clip_storyteller.yaml"),
+                 "--ckpt_path", str(tmp_path / "nope.ckpt")]) == 2
+    assert "nope.ckpt: checkpoint not found" in _error_line(capsys)
+    image = next(Path(REPO).rglob("*.py"))  # any existing file: the checkpoint is checked first
+    assert main(["tell", "--checkpoint", str(tmp_path / "nope.ckpt"), str(image), str(image), str(image)]) == 2
+    assert "nope.ckpt: file not found" in _error_line(capsys)
+
+
+def test_fit_logs_checkpoints_then_tell_and_predict(vist_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = tiny_overrides("clip_storyteller_prefix.yaml", vist_root, tmp_path, max_epochs=2)
+    assert main(["fit", *args, "--trainer.logger.init_args.version", "v"]) == 0
+    run = tmp_path / "runs" / "tiny_clip_storyteller_prefix" / "v"
+    assert (run / "config.yaml").is_file()
+    checkpoints = {p.name for p in (run / "checkpoints").iterdir()}
+    assert "last.ckpt" in checkpoints and any(name.startswith("epoch01-cider") for name in checkpoints)
+    events = EventAccumulator(str(run))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss_step", "train/loss_epoch", "val/loss", "val/bleu1", "val/bleu4", "val/meteor",
+            "val/rougeL", "val/cider"} <= scalars
+    losses = [e.value for e in events.Scalars("train/loss_epoch")]
+    assert losses[-1] < losses[0]
+    assert "val/samples/text_summary" in events.Tags()["tensors"]
+
+    images = sorted((vist_root / "images" / "test").glob("*.jpg"))[:3]
+    capsys.readouterr()
+    assert main(["tell", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), *map(str, images)]) == 0
+    story = capsys.readouterr().out.strip()
+    assert len(story.split()) >= 5
+
+    assert main(["predict", *args, "--trainer.logger.init_args.version", "p",
+                 "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]) == 0
+    predictions = json.loads((tmp_path / "runs" / "tiny_clip_storyteller_prefix" / "p" / "predictions.json").read_text())
+    distinct = {tuple(p["photo_ids"]) for p in predictions}
+    assert len(predictions) == len(distinct) == 12 - sum(len(p["references"]) - 1 for p in predictions)
+    assert all(p["story"] and p["references"] for p in predictions)
+
+
+def test_ddp_fit_with_two_cpu_processes(vist_root, tmp_path):
+    args = tiny_overrides("clip_storyteller_prefix.yaml", vist_root, tmp_path, max_epochs=1, strategy="ddp",
+                          devices=2, limit_train_batches=4)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run([sys.executable, "-m", "visiontales.cli", "fit", *args,
+                             "--trainer.logger.init_args.version", "ddp"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "GLOBAL_RANK: 1" in result.stderr + result.stdout  # the second process really ran
+    run = tmp_path / "runs" / "tiny_clip_storyteller_prefix" / "ddp"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert "val/cider" in events.Tags()["scalars"]

@@ -1,0 +1,32 @@
+import pytest
+
+from visiontales.evaluation import CaptionScores
+from visiontales.evaluation.text_metrics import SCORE_NAMES, coco_caption_scores
+
+REFS = {"a": ["the dog ran on the beach .", "a dog played by the sea ."],
+        "b": ["we had a big cake at the party .", "the party had a cake ."]}
+
+
+def test_exact_prediction_scores_one():
+    scores = coco_caption_scores({"a": REFS["a"][0], "b": REFS["b"][0]}, REFS)
+    for name in ("bleu1", "bleu4", "meteor", "rougeL"):
+        assert scores[name] == pytest.approx(1.0, abs=1e-6)
+    assert scores["cider"] > 1.0
+
+
+def test_worse_predictions_score_lower():
+    good = coco_caption_scores({"a": "the dog ran on the beach .", "b": "we had a cake at the party ."}, REFS)
+    bad = coco_caption_scores({"a": "a car in the snow .", "b": "the mountain lake ."}, REFS)
+    empty = coco_caption_scores({"a": "", "b": ""}, REFS)
+    for name in SCORE_NAMES:
+        assert good[name] > bad[name] >= empty[name] - 1e-9 >= -1e-9
+
+
+def test_metric_scores_each_key_once():
+    once, twice = CaptionScores(), CaptionScores()
+    once.update(["a", "b"], ["the dog ran .", "a cake ."], [REFS["a"], REFS["b"]])
+    twice.update(["a", "b"], ["the dog ran .", "a cake ."], [REFS["a"], REFS["b"]])
+    twice.update(["a"], ["the dog ran ."], [REFS["a"]])  # a padded repeat, as DistributedSampler makes
+    first, second = once.compute(), twice.compute()
+    assert set(first) == set(SCORE_NAMES)
+    assert all(first[k].item() == pytest.approx(second[k].item()) for k in SCORE_NAMES)
