@@ -73,7 +73,8 @@ def test_overfits_one_batch_and_tells_the_whole_story(conditioning):
     assert model.generate_stories(batch) == [" ".join(STORY)]
 
 
-def test_feature_cache_encodes_each_photo_once(vist_root, monkeypatch):
+def test_feature_cache_encodes_each_photo_once(vist_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("VISIONTALES_HOME", str(tmp_path))  # an empty cache, whatever ran before
     model = CLIPStoryteller(gpt2="tiny", clip="tiny", conditioning="prefix")
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     encoded = []

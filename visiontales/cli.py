@@ -146,13 +146,26 @@ def load_checkpoint(cls, path: Path):
         raise VisionTalesError(f"{path}: not a readable {cls.__name__} checkpoint ({type(e).__name__}: {e})") from e
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of the record (it may be replaced)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _configure_logging() -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
     for name in ("visiontales", "data_modules"):
         logger = logging.getLogger(name)
+        if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+            handler = _StderrHandler()
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
         logger.setLevel(logging.INFO)
-        logger.addHandler(handler)
         logger.propagate = False  # libraries may configure the root logger too; print once
 
 
