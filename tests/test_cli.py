@@ -118,3 +118,27 @@ def test_ddp_fit_with_two_cpu_processes(vist_root, tmp_path):
     events = EventAccumulator(str(run))
     events.Reload()
     assert "val/cider" in events.Tags()["scalars"]
+
+
+def test_bf16_mixed_precision_trains(vist_root, tmp_path):
+    args = tiny_overrides("clip_storyteller_prefix.yaml", vist_root, tmp_path, max_epochs=3, precision="bf16-mixed",
+                          limit_val_batches=0)
+    assert main(["fit", *args, "--trainer.logger.init_args.version", "bf16"]) == 0
+    events = EventAccumulator(str(tmp_path / "runs" / "tiny_clip_storyteller_prefix" / "bf16"))
+    events.Reload()
+    losses = [e.value for e in events.Scalars("train/loss_epoch")]
+    assert len(losses) == 3 and all(loss == loss for loss in losses)  # finite, not NaN
+    assert losses[-1] < losses[0]
+
+
+def test_help_texts_list_commands_and_model_options(capsys):
+    assert main(["--help"]) == 0
+    usage = capsys.readouterr().out
+    assert all(command in usage for command in ("fit", "predict", "data synth", "data check", "tell"))
+    with pytest.raises(SystemExit):
+        main(["fit", "--model.help", "visiontales.models.storyteller.CLIPStoryteller"])
+    options = capsys.readouterr().out
+    assert "--model.conditioning {prompt,prefix}" in options and "ClipCap-style" in options
+    with pytest.raises(SystemExit):
+        main(["data", "--help"])
+    assert "synth" in capsys.readouterr().out

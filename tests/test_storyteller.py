@@ -116,3 +116,23 @@ def test_checkpoint_leaves_out_frozen_clip_and_loads_back(vist_root, tmp_path):
     model.eval()
     batch = _batch([STORY])
     assert loaded.generate_stories(batch) == model.generate_stories(batch)
+
+
+def test_prefix_conditioning_beats_the_papers_prompt_after_equal_training(tmp_path):
+    """The acceptance comparison of bench/conditioning.py, without its per-epoch validation."""
+    from conftest import tiny_overrides
+    from lightning.pytorch.cli import LightningCLI
+
+    from data_modules.synthetic import write_synthetic_vist
+
+    vist_root = tmp_path / "vist"
+    write_synthetic_vist(vist_root, seed=0, albums=200)  # 160 train albums: enough to generalise scenes
+    cider = {}
+    for conditioning, config in (("prompt", "clip_storyteller.yaml"), ("prefix", "clip_storyteller_prefix.yaml")):
+        cli = LightningCLI(run=False, subclass_mode_model=True, subclass_mode_data=True, args=[
+            *tiny_overrides(config, vist_root, tmp_path, max_epochs=8, limit_val_batches=0,
+                            enable_model_summary="false")])
+        cli.trainer.fit(cli.model, cli.datamodule)
+        (metrics,) = cli.trainer.test(cli.model, cli.datamodule, verbose=False)
+        cider[conditioning] = metrics["test/cider"]
+    assert cider["prefix"] > 1.3 * cider["prompt"], cider
