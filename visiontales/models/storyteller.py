@@ -16,7 +16,6 @@ sentence, as ClipCap's decoder does).
 
 from __future__ import annotations
 
-import logging
 import warnings
 from typing import Any, Literal
 
@@ -27,10 +26,10 @@ from torch import nn
 
 from visiontales.backbones import fingerprint, home, load_clip, load_gpt2
 from visiontales.callbacks import JSONPredictionWriter, TextSamples
+from visiontales.errors import VisionTalesError
 from visiontales.evaluation import CaptionScores
 from visiontales.feature_cache import FeatureCache
 
-log = logging.getLogger(__name__)
 # the prefix is embeddings, not ids: n-gram blocking applies to the story only, which is what we want
 warnings.filterwarnings("ignore", message="Passing `no_repeat_ngram_size` with `inputs_embeds`")
 
@@ -125,6 +124,9 @@ class CLIPStoryteller(L.LightningModule):
             samples_to_log: generated stories logged to TensorBoard as text per validation epoch.
         """
         super().__init__()
+        if freeze_gpt2 and conditioning == "prompt":
+            raise VisionTalesError("freeze_gpt2=true with conditioning=prompt leaves nothing to train "
+                                   "(the prefix mapper exists only with conditioning=prefix)")
         self.save_hyperparameters()
         self.gpt2, self.tokenizer = load_gpt2(gpt2)
         if freeze_gpt2:
