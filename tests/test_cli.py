@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -80,7 +81,8 @@ def test_fit_logs_checkpoints_then_tell_and_predict(vist_root, tmp_path, monkeyp
     run = tmp_path / "runs" / "tiny_clip_storyteller_prefix" / "v"
     assert (run / "config.yaml").is_file()
     checkpoints = {p.name for p in (run / "checkpoints").iterdir()}
-    assert "last.ckpt" in checkpoints and any(name.startswith("epoch01-cider") for name in checkpoints)
+    best = [name for name in checkpoints if re.fullmatch(r"epoch0[01]-cider\d+\.\d{4}\.ckpt", name)]
+    assert "last.ckpt" in checkpoints and len(best) == 1
     events = EventAccumulator(str(run))
     events.Reload()
     scalars = set(events.Tags()["scalars"])
