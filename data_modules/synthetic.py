@@ -9,17 +9,34 @@ VIST (Huang et al. 2016), layout of lichengunc/vist_api:
 
     <root>/annotations/sis/{train,val,test}.story-in-sequence.json
     <root>/images/{train,val,test}/<photo_flickr_id>.jpg   (a few .png)
+
+FlintstonesSV (Gupta et al. 2018; the story split of StoryGAN / StoryDALL-E / AR-LDM):
+
+    <root>/flintstones_annotations_v1-0.json      [{globalID, description, setting, characters}]
+    <root>/train-val-test_split.json              {"train": [globalID, ...], "val": [...], "test": [...]}
+    <root>/following_cache4.pkl                   {globalID: [next 4 globalIDs]}   (optional)
+    <root>/labels.pkl                             {globalID: 7-dim multi-hot}      (optional)
+    <root>/video_frames_sampled/<globalID>.npy    uint8 (5, 128, 128, 3)
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw
+
+from data_modules.flintstones import (
+    FRAMES,
+    MAIN_CHARACTERS,
+    main_character_labels,
+    rebuild_following_cache,
+)
 
 IMAGE_SIZE = (256, 192)  # (W, H): 4:3 like most Flickr photos; CLIP centre-crops the middle
 
@@ -165,6 +182,14 @@ def tokenizer_corpus() -> list[str]:
             for template in OPENING_TEMPLATES + MIDDLE_TEMPLATES + CLOSING_TEMPLATES:
                 text = template.format(scene=scene, obj=obj)
                 sentences += [text, original_text(text)]
+    for setting in SETTINGS:
+        for action in ACTIONS:
+            for a in CHARACTERS:
+                sentences.append(flintstones_caption([a], action, setting))
+                for b in CHARACTERS:
+                    if a != b:
+                        sentences.append(flintstones_caption([a, b], action, setting))
+            sentences.append(flintstones_caption([NPC], action, setting))
     return sentences
 
 
@@ -249,4 +274,207 @@ def write_synthetic_vist(out: str | Path, seed: int = 0, albums: int = 200) -> d
     return counts
 
 
-SYNTHETIC_WRITERS: dict[str, Callable[..., dict[str, int]]] = {"vist": write_synthetic_vist}
+# ------------------------------------------------------------------------------ FlintstonesSV
+
+# how the 7 main characters are drawn (in the order of the literature's labels):
+# (body colour, hair colour, height, width); Dino is drawn as a dinosaur
+CHARACTERS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int] | None, float, float]] = {
+    "Wilma": ((245, 245, 245), (225, 70, 20), 0.95, 0.65),
+    "Fred": ((235, 120, 30), (20, 20, 20), 1.0, 1.0),
+    "Betty": ((60, 120, 225), (20, 20, 20), 0.9, 0.6),
+    "Barney": ((140, 90, 45), (245, 200, 70), 0.72, 0.9),
+    "Dino": ((150, 80, 205), None, 0.8, 1.1),
+    "Pebbles": ((80, 185, 80), (230, 60, 30), 0.45, 0.5),
+    "Mr Slate": ((105, 105, 120), None, 0.85, 0.55),
+}
+NPC = "policeman"  # a non-main character: annotated and drawn, never a label
+SKIN = (250, 210, 170)
+# setting -> (wall or sky colour, floor or ground colour, horizon fraction)
+SETTINGS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int], float]] = {
+    "living room": ((225, 200, 160), (120, 80, 50), 0.68),
+    "yard": ((140, 200, 245), (80, 170, 70), 0.6),
+    "quarry": ((190, 120, 70), (215, 185, 130), 0.55),
+    "car": ((150, 210, 250), (90, 90, 95), 0.72),
+    "kitchen": ((245, 235, 160), (200, 200, 200), 0.7),
+    "bowling alley": ((70, 40, 90), (200, 150, 90), 0.6),
+}
+ACTIONS = ("talking", "walking", "laughing", "sitting", "running")
+FRAME_SIZE = 128
+assert tuple(CHARACTERS) == MAIN_CHARACTERS
+FLINTSTONES_SPLIT_FRACTIONS = (("train", 0.8), ("val", 0.1), ("test", 0.1))
+
+
+def flintstones_caption(names: list[str], action: str, setting: str) -> str:
+    """A FlintstonesSV-style description: 'Fred and Barney are talking in the quarry.'"""
+    who = [n if n != NPC else f"a {NPC}" for n in names]
+    subject = who[0] if len(who) == 1 else ", ".join(who[:-1]) + " and " + who[-1]
+    verb = "is" if len(who) == 1 else "are"
+    sentence = f"{subject} {verb} {action} in the {setting}."
+    return sentence[0].upper() + sentence[1:]
+
+
+def _draw_background(draw: ImageDraw.ImageDraw, setting: str) -> None:
+    size = FRAME_SIZE
+    top, bottom, horizon = SETTINGS[setting]
+    y = int(size * horizon)
+    draw.rectangle([0, 0, size, y], fill=top)
+    draw.rectangle([0, y, size, size], fill=bottom)
+    if setting == "living room":
+        draw.rectangle([12, 14, 44, 40], fill=(170, 220, 250), outline=(90, 60, 30), width=2)
+        draw.rounded_rectangle([70, y - 22, 122, y + 4], radius=6, fill=(150, 150, 140))
+    elif setting == "yard":
+        for x in range(0, size, 12):
+            draw.rectangle([x, y - 20, x + 7, y], fill=(160, 110, 60))
+    elif setting == "quarry":
+        for x0, y0 in ((5, 20), (50, 8), (92, 26)):
+            draw.ellipse([x0, y0, x0 + 34, y0 + 22], fill=(130, 130, 130))
+    elif setting == "car":
+        draw.rectangle([6, y - 34, 122, y - 6], fill=(150, 100, 50))
+        for wx in (14, 96):
+            draw.ellipse([wx, y - 14, wx + 20, y + 6], fill=(110, 110, 110))
+    elif setting == "kitchen":
+        for x in range(0, size, 16):
+            draw.line([(x, 0), (x, y)], fill=(220, 205, 120))
+        draw.rectangle([0, y - 18, size, y], fill=(140, 90, 50))
+    elif setting == "bowling alley":
+        for x in range(14, size, 26):
+            draw.rectangle([x, y - 18, x + 6, y - 2], fill=(250, 250, 250))
+            draw.ellipse([x, y - 24, x + 6, y - 17], fill=(250, 250, 250))
+
+
+def _draw_character(draw: ImageDraw.ImageDraw, name: str, cx: float, ground: float, phase: int, action: str) -> None:
+    """One character standing on `ground` at x = cx; `phase` (0..4) animates `action`."""
+    if name == NPC:
+        body, hair, height, width = (40, 50, 110), (30, 30, 60), 0.9, 0.6
+    else:
+        body, hair, height, width = CHARACTERS[name]
+    h, w = 62 * height, 26 * width
+    if action == "sitting":
+        h *= 0.75
+    if action == "laughing":
+        ground -= 3 * (phase % 2)
+    top = ground - h
+    if name == "Dino":  # a long body, a long neck, a small head
+        draw.ellipse([cx - w, ground - h * 0.45, cx + w * 0.6, ground], fill=body)
+        draw.rectangle([cx + w * 0.3, top + 8, cx + w * 0.55, ground - h * 0.3], fill=body)
+        draw.ellipse([cx + w * 0.2, top, cx + w * 0.9, top + 12], fill=body)
+        return
+    head = 10 * max(height, 0.7)
+    draw.rectangle([cx - w / 2, top + 2 * head, cx + w / 2, ground - 6], fill=body)
+    for leg in (-w / 4, w / 4):
+        step = (phase % 2 * 2 - 1) * 3 if action in ("walking", "running") else 0
+        draw.rectangle([cx + leg - 3 + step * (1 if leg < 0 else -1), ground - 8, cx + leg + 3, ground], fill=body)
+    draw.ellipse([cx - head, top, cx + head, top + 2 * head], fill=SKIN)
+    if hair is not None:
+        draw.pieslice([cx - head, top - 3, cx + head, top + head], 180, 360, fill=hair)
+    if name == "Fred":
+        draw.polygon([(cx - 3, top + 2 * head), (cx + 3, top + 2 * head), (cx, top + 2 * head + 8)], fill=(40, 90, 220))
+        for dx, dy in ((-6, 14), (5, 22), (-3, 32)):
+            draw.ellipse([cx + dx - 2, top + 2 * head + dy - 2, cx + dx + 2, top + 2 * head + dy + 2], fill=(0, 0, 0))
+    if name == "Mr Slate":
+        draw.rectangle([cx - head + 2, top + head - 2, cx + head - 2, top + head + 2], outline=(0, 0, 0))
+    if name == "Wilma":
+        draw.ellipse([cx - 4, top - 8, cx + 4, top], fill=hair)  # her bun
+    if name == "Pebbles":
+        draw.rectangle([cx - 5, top - 4, cx + 5, top - 2], fill=(250, 250, 250))  # the bone in her hair
+    if action == "talking" and phase % 2:
+        draw.ellipse([cx - 2, top + 1.4 * head, cx + 2, top + 1.7 * head], fill=(120, 20, 20))
+
+
+def draw_clip(setting: str, names: list[str], action: str, rng: random.Random) -> np.ndarray:
+    """Five 128x128 frames of `names` doing `action` in `setting`: uint8 (5, 128, 128, 3)."""
+    ground = FRAME_SIZE * SETTINGS[setting][2] + 22
+    slots = np.linspace(FRAME_SIZE / (len(names) + 1), FRAME_SIZE * len(names) / (len(names) + 1), len(names))
+    speed = {"walking": 3.0, "running": 6.0}.get(action, 0.0) * rng.choice((-1, 1))
+    frames = []
+    for phase in range(FRAMES):
+        img = Image.new("RGB", (FRAME_SIZE, FRAME_SIZE))
+        draw = ImageDraw.Draw(img)
+        _draw_background(draw, setting)
+        for name, x in zip(names, slots, strict=True):
+            _draw_character(draw, name, x + speed * (phase - 2), ground, phase, action)
+        frames.append(np.asarray(img))
+    return np.stack(frames)
+
+
+def global_id(season: int, episode: int, start: int, end: int) -> str:
+    return f"s_{season:02d}_e_{episode:02d}_shot_{start:06d}_{end:06d}"
+
+
+@dataclass(frozen=True)
+class FlintstonesDefects:
+    """Deliberate defects of the synthetic FlintstonesSV, each in the middle of its own train
+    episode (so each breaks exactly the five stories that contain its clip), plus one clip named
+    by the split file but absent from the annotations (alone in an episode of its own)."""
+
+    missing_frames: str = "missing_frames"
+    bad_frames: str = "bad_frames"
+    empty_caption: str = "empty_caption"
+
+
+def write_synthetic_flintstones(out: str | Path, seed: int = 0, episodes: int = 80, shots: int = 14,
+                                pickles: bool = True) -> dict[str, int]:
+    """Write a synthetic FlintstonesSV in the real layout under `out`; return clips per split.
+
+    An episode is a run of `shots` consecutive clips made of scenes of 3-6 shots; a scene has
+    one setting and a cast of 1-3 characters, so consecutive captions share who and where.
+    """
+    if episodes < 10 or shots < 9:
+        raise ValueError(f"need at least 10 episodes and 9 shots per episode, got {episodes} and {shots}")
+    out = Path(out)
+    rng = random.Random(seed)
+    frames_dir = out / "video_frames_sampled"
+    frames_dir.mkdir(parents=True, exist_ok=True)
+    names = list(CHARACTERS)
+    annotations, split_ids = [], {split: [] for split, _ in FLINTSTONES_SPLIT_FRACTIONS}
+    n_train, n_val = round(episodes * 0.8), round(episodes * 0.1)
+    defects = FlintstonesDefects()
+    defect_episode = {1: defects.missing_frames, 2: defects.bad_frames, 3: defects.empty_caption}
+    for e in range(episodes):
+        season, episode = 1 + e // 10, 1 + e % 10
+        split = "train" if e < n_train else "val" if e < n_train + n_val else "test"
+        start, shot, scene_left = 100, 0, 0
+        setting, cast = "", []
+        while shot < shots:
+            if scene_left == 0:
+                setting = rng.choice(list(SETTINGS))
+                # every character equally likely: who is on screen must come from the story so far
+                cast = rng.sample(names, rng.choice((1, 2, 2, 3)))
+                scene_left = rng.randint(3, 6)
+            present = cast if rng.random() < 0.7 or len(cast) == 1 else rng.sample(cast, len(cast) - 1)
+            if rng.random() < 0.08:
+                present = [*present, NPC]
+            action = rng.choice(ACTIONS)
+            end = start + rng.randint(40, 90)
+            gid = global_id(season, episode, start, end)
+            description = flintstones_caption(present, action, setting)
+            entities = [{"entityLabel": rng.choice((n, n.lower(), f" {n.upper()} ")) if n != NPC else NPC,
+                         "labelNPC": n if n != NPC else "police officer"} for n in present]
+            defect = defect_episode.get(e) if shot == shots // 2 else None
+            if defect == defects.empty_caption:
+                description = ""
+            frames = draw_clip(setting, present, action, rng)
+            if defect == defects.bad_frames:
+                frames = frames[:4]  # four frames instead of five
+            if defect != defects.missing_frames:
+                np.save(frames_dir / f"{gid}.npy", frames)
+            annotations.append({"globalID": gid, "description": description, "setting": setting,
+                                "characters": entities, "objects": []})
+            split_ids[split].append(gid)
+            start, shot, scene_left = end + 1, shot + 1, scene_left - 1
+    # a clip the split file names that the annotations do not have (alone in its episode)
+    split_ids["train"].append(global_id(9, 99, 0, 50))
+    rng.shuffle(annotations)
+    (out / "flintstones_annotations_v1-0.json").write_text(json.dumps(annotations))
+    (out / "train-val-test_split.json").write_text(json.dumps(split_ids))
+    if pickles:
+        followings = rebuild_following_cache([c for ids in split_ids.values() for c in ids])
+        with open(out / "following_cache4.pkl", "wb") as f:
+            pickle.dump(followings, f)
+        with open(out / "labels.pkl", "wb") as f:
+            pickle.dump({a["globalID"]: main_character_labels(a["characters"]) for a in annotations}, f)
+    return {split: len(ids) for split, ids in split_ids.items()}
+
+
+SYNTHETIC_WRITERS: dict[str, Callable[..., dict[str, int]]] = {
+    "vist": write_synthetic_vist, "flintstones": write_synthetic_flintstones}

@@ -25,17 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 
+from data_modules.common import SPLITS, SplitDataModule
 from visiontales.errors import VisionTalesError
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 DROP_REASONS = ("missing_image", "unreadable_image", "empty_caption")
 SEQUENCE_LENGTH = 3
@@ -232,16 +231,7 @@ class VISTSequences(Dataset):
         return item
 
 
-def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors along a new batch dim; keep everything else as per-item lists."""
-    batch = {}
-    for key in items[0]:
-        values = [item[key] for item in items]
-        batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
-    return batch
-
-
-class VISTDataModule(L.LightningDataModule):
+class VISTDataModule(SplitDataModule):
     """VIST three-image sequences, as in the VisionTales paper (about 3,000 kept sequences)."""
 
     def __init__(
@@ -277,8 +267,6 @@ class VISTDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.root = Path(root)
         self.transform = clip_transform(image_size, image_mean, image_std)
-        self.datasets: dict[str, VISTSequences] = {}
-        self.reports: dict[str, SplitReport] = {}
 
     @property
     def preprocessing_key(self) -> str:
@@ -286,22 +274,12 @@ class VISTDataModule(L.LightningDataModule):
         h = self.hparams
         return f"clip-transform/size={h.image_size}/mean={tuple(h.image_mean)}/std={tuple(h.image_std)}/bicubic"
 
-    def splits_for(self, stage: str) -> list[str]:
-        return {"fit": ["train", "val"], "validate": ["val"], "test": ["test"],
-                "predict": [self.hparams.predict_split]}[stage]
-
-    def setup(self, stage: str) -> None:
-        for split in self.splits_for(stage):
-            if split in self.datasets:
-                continue
-            sequences, report = build_sequences(self.root, split, self.hparams.windows, self.hparams.text_field)
-            if not sequences:
-                raise VisionTalesError(report.problem)
-            dropped = ", ".join(f"{r}={report.dropped.get(r, 0)}" for r in DROP_REASONS)
-            log.info("VIST %s: %d stories, %d sequences kept, dropped: %s",
-                     split, report.stories, report.sequences, dropped)
-            self.reports[split] = report
-            self.datasets[split] = VISTSequences(sequences, self.transform, distinct=split != "train")
+    def build_split(self, split: str) -> tuple[VISTSequences, SplitReport]:
+        sequences, report = build_sequences(self.root, split, self.hparams.windows, self.hparams.text_field)
+        dropped = ", ".join(f"{r}={report.dropped.get(r, 0)}" for r in DROP_REASONS)
+        log.info("VIST %s: %d stories, %d sequences kept, dropped: %s",
+                 split, report.stories, report.sequences, dropped)
+        return VISTSequences(sequences, self.transform, distinct=split != "train"), report
 
     def image_paths(self, stage: str) -> dict[str, Path]:
         """photo_id -> file for every photo the stage's splits use (after `setup(stage)`)."""
@@ -319,25 +297,3 @@ class VISTDataModule(L.LightningDataModule):
         """Serve precomputed per-photo features instead of decoding images (frozen CLIP)."""
         for dataset in self.datasets.values():
             dataset.image_source, dataset.features = "features", features
-
-    def drop_images(self) -> None:
-        """Serve no image data at all (for models that do not look at the images)."""
-        for dataset in self.datasets.values():
-            dataset.image_source = "none"
-
-    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle,
-                          num_workers=self.hparams.num_workers, pin_memory=self.hparams.pin_memory,
-                          collate_fn=collate, persistent_workers=self.hparams.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, self.hparams.batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False, self.hparams.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False, self.hparams.eval_batch_size)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.hparams.predict_split, False, self.hparams.eval_batch_size)

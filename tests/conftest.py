@@ -13,9 +13,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
-VIST_ALBUMS = 60
+VIST_ALBUMS = 60  # 48 train / 6 val / 6 test albums: 96 / 12 / 12 stories
+FLINTSTONES_EPISODES = 20  # 16 / 2 / 2 episodes of 14 clips
 # read by huggingface_hub at import time: set before anything imports it
-os.environ["HF_HUB_OFFLINE"] = "1"  # 48 train / 6 val / 6 test albums: 96 / 12 / 12 stories
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -32,6 +33,16 @@ def vist_root(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("vist")
     write_synthetic_vist(root, seed=0, albums=VIST_ALBUMS)
+    return root
+
+
+@pytest.fixture(scope="session")
+def flintstones_root(tmp_path_factory) -> Path:
+    """20 episodes of 14 clips (16 / 2 / 2 by split), with both optional pickles written."""
+    from data_modules.synthetic import write_synthetic_flintstones
+
+    root = tmp_path_factory.mktemp("flintstones")
+    write_synthetic_flintstones(root, seed=0, episodes=FLINTSTONES_EPISODES)
     return root
 
 

@@ -144,3 +144,34 @@ def test_help_texts_list_commands_and_model_options(capsys):
     with pytest.raises(SystemExit):
         main(["data", "--help"])
     assert "synth" in capsys.readouterr().out
+
+
+def test_flintstones_synth_then_check_json(tmp_path, capsys):
+    assert main(["data", "synth", "--dataset", "flintstones", "--out", str(tmp_path / "f"), "--episodes", "10"]) == 0
+    capsys.readouterr()
+    assert main(["data", "check", "--dataset", "flintstones", "--root", str(tmp_path / "f"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["dataset"] == "flintstones" and set(report["splits"]) == {"train", "val", "test"}
+    assert set(report["splits"]["train"]) == {"clips", "stories", "dropped"}
+    assert report["splits"]["train"]["dropped"] == {"missing_frames": 5, "bad_frames": 5, "empty_caption": 5,
+                                                    "no_followers": 8 * 4 + 1}
+
+
+def test_captioner_fit_logs_its_metrics_then_predicts(flintstones_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = tiny_overrides("sagan_captioner.yaml", flintstones_root, tmp_path, max_epochs=2,
+                          check_val_every_n_epoch=1)
+    assert main(["fit", *args, "--trainer.logger.init_args.version", "v"]) == 0
+    run = tmp_path / "runs" / "tiny_sagan_captioner" / "v"
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert {"train/loss_epoch", "val/loss", "val/bleu4", "val/meteor", "val/rougeL", "val/cider", "val/char_f1",
+            "val/ppl"} <= set(events.Tags()["scalars"])
+    ppl = [e.value for e in events.Scalars("val/ppl")]
+    assert ppl[-1] < ppl[0] and 1.0 < ppl[-1]
+    assert "val/samples/text_summary" in events.Tags()["tensors"]
+    assert main(["predict", *args, "--trainer.logger.init_args.version", "p",
+                 "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]) == 0
+    predictions = json.loads((tmp_path / "runs" / "tiny_sagan_captioner" / "p" / "predictions.json").read_text())
+    assert len(predictions) == 20  # the test split's stories
+    assert all(set(p) == {"story_id", "prefix", "generated", "reference"} and p["generated"] for p in predictions)

@@ -2,7 +2,7 @@
 
     visiontales fit --config experiments/clip_storyteller.yaml [--trainer.max_epochs 3 ...]
     visiontales data synth --dataset vist --out data/vist-synthetic
-    visiontales data check --dataset vist --root data/vist [--json]
+    visiontales data check --dataset vist|flintstones --root DIR [--json]
     visiontales tell --checkpoint runs/.../last.ckpt a.jpg b.jpg c.jpg
 
 User mistakes (a bad file, key, value or path) end in one line `error: ...` and exit status 2.
@@ -39,9 +39,10 @@ CHECKPOINT_ALIASES = ("last", "best", "hpc", "registry")
 
 
 def _datasets():
-    from data_modules import synthetic, vist
+    from data_modules import flintstones, synthetic, vist
 
-    return {"vist": (synthetic.write_synthetic_vist, vist.check_dataset)}
+    return {"vist": (synthetic.write_synthetic_vist, vist.check_dataset),
+            "flintstones": (synthetic.write_synthetic_flintstones, flintstones.check_dataset)}
 
 
 def run_lightning(args: list[str] | None) -> None:
@@ -80,6 +81,7 @@ def data_command(args: list[str]) -> int:
     synth.add_argument("--out", type=Path, required=True, help="folder to write (created)")
     synth.add_argument("--seed", type=int, default=0, help="same seed, same files")
     synth.add_argument("--albums", type=int, default=200, help="VIST: photo albums to write (two stories each)")
+    synth.add_argument("--episodes", type=int, default=80, help="FlintstonesSV: episodes to write (14 clips each)")
     check = sub.add_parser("check", help="validate a dataset folder; report kept and dropped items per split")
     check.add_argument("--dataset", choices=sorted(datasets), required=True)
     check.add_argument("--root", type=Path, required=True, help="the dataset folder")
@@ -87,9 +89,11 @@ def data_command(args: list[str]) -> int:
     opts = parser.parse_args(args)
     write, check_fn = datasets[opts.dataset]
     if opts.action == "synth":
-        counts = write(opts.out, seed=opts.seed, albums=opts.albums)
+        size = {"albums": opts.albums} if opts.dataset == "vist" else {"episodes": opts.episodes}
+        counts = write(opts.out, seed=opts.seed, **size)
+        unit = "stories" if opts.dataset == "vist" else "clips"
         print(f"wrote synthetic {opts.dataset} to {opts.out}: "
-              + ", ".join(f"{split} {n} stories" for split, n in counts.items()))
+              + ", ".join(f"{split} {n} {unit}" for split, n in counts.items()))
         return 0
     report = check_fn(opts.root)
     if opts.json:

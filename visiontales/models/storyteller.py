@@ -29,6 +29,7 @@ from visiontales.callbacks import JSONPredictionWriter, TextSamples
 from visiontales.errors import VisionTalesError
 from visiontales.evaluation import CaptionScores
 from visiontales.feature_cache import FeatureCache
+from visiontales.models.common import adamw_with_warmup, decoding_options
 
 # the prefix is embeddings, not ids: n-gram blocking applies to the story only, which is what we want
 warnings.filterwarnings("ignore", message="Passing `no_repeat_ngram_size` with `inputs_embeds`")
@@ -199,15 +200,11 @@ class CLIPStoryteller(L.LightningModule):
         """One story per item of the batch, decoded until EOS."""
         prefix = self.condition(batch)
         h = self.hparams
-        options: dict[str, Any] = {"num_beams": 1, "do_sample": False}
-        if h.decoding == "beam":
-            options.update(num_beams=h.num_beams, early_stopping=True)
-        elif h.decoding == "nucleus":
-            options.update(do_sample=True, top_p=h.top_p, top_k=0, temperature=h.temperature)
         out = self.gpt2.generate(
             inputs_embeds=prefix, attention_mask=torch.ones(prefix.shape[:2], dtype=torch.long, device=self.device),
             max_new_tokens=h.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id, no_repeat_ngram_size=h.no_repeat_ngram_size, **options)
+            pad_token_id=self.tokenizer.pad_token_id, no_repeat_ngram_size=h.no_repeat_ngram_size,
+            **decoding_options(h.decoding, h.num_beams, h.top_p, h.temperature))
         return [s.strip() for s in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
     # ------------------------------------------------------------------------------- hooks
@@ -273,13 +270,7 @@ class CLIPStoryteller(L.LightningModule):
                                         strict=True)]
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        if not self.hparams.warmup_steps:
-            return optimizer
-        warmup = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / self.hparams.warmup_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
+        return adamw_with_warmup(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps)
 
     def configure_callbacks(self) -> list[L.Callback]:
         from lightning.pytorch.callbacks import ModelCheckpoint

@@ -1,0 +1,88 @@
+"""Is the FlintstonesSV loader the bottleneck? Stories per second it delivers (2 workers) beside
+training steps per second of the tiny captioner, on the synthetic FlintstonesSV.
+
+The loader is timed serving captions only (what the captioner asks for) and with frames (what the
+visualizers will ask for: 5 memory-mapped frames per story).
+
+    python bench/flintstones_loader.py [--episodes 80] [--batch-size 8] [--batches 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+
+
+def loader_stories_per_second(root: Path, batch_size: int, batches: int, images: bool) -> float:
+    from data_modules.flintstones import FlintstonesSVDataModule
+
+    dm = FlintstonesSVDataModule(str(root), batch_size=batch_size, num_workers=2)
+    dm.setup("fit")
+    if not images:
+        dm.drop_images()
+    epochs = itertools.chain.from_iterable(dm.train_dataloader() for _ in itertools.count())
+    next(epochs)  # worker start-up is not throughput
+    start = time.perf_counter()
+    stories = sum(len(batch["texts"]) for batch in itertools.islice(epochs, batches))
+    return stories / (time.perf_counter() - start)
+
+
+class StepTimer(L.Callback):
+    def __init__(self, skip: int = 5) -> None:
+        self.skip, self.times = skip, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.times.append(time.perf_counter())
+
+    @property
+    def steps_per_second(self) -> float:
+        times = self.times[self.skip:]
+        return (len(times) - 1) / (times[-1] - times[0])
+
+
+def captioner_steps_per_second(root: Path, batch_size: int, steps: int) -> float:
+    from data_modules.flintstones import FlintstonesSVDataModule
+    from visiontales.models.captioner import SAGANetsCaptioner
+
+    L.seed_everything(0)
+    timer = StepTimer()
+    trainer = L.Trainer(accelerator="cpu", max_steps=steps, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[timer])
+    trainer.fit(SAGANetsCaptioner(gpt2="tiny", lr=1e-3),
+                FlintstonesSVDataModule(str(root), batch_size=batch_size, num_workers=2))
+    return timer.steps_per_second
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--episodes", type=int, default=80)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=200)
+    opts = parser.parse_args()
+
+    from data_modules.synthetic import write_synthetic_flintstones
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        os.environ.setdefault("VISIONTALES_HOME", str(tmp / "home"))
+        write_synthetic_flintstones(tmp / "f", seed=0, episodes=opts.episodes)
+        captions = loader_stories_per_second(tmp / "f", opts.batch_size, opts.batches, images=False)
+        frames = loader_stories_per_second(tmp / "f", opts.batch_size, opts.batches, images=True)
+        steps = captioner_steps_per_second(tmp / "f", opts.batch_size, opts.batches)
+    consumed = steps * opts.batch_size
+    print(f"\nsynthetic FlintstonesSV, batch size {opts.batch_size}, 2 loader workers, CPU threads {os.cpu_count()}")
+    print(f"loader, captions only:         {captions:9.1f} stories/s")
+    print(f"loader, captions + 5 frames:   {frames:9.1f} stories/s")
+    print(f"tiny captioner training:       {steps:9.1f} steps/s = {consumed:.1f} stories/s")
+    print(f"loader headroom over training: {captions / consumed:.1f}x (captions), {frames / consumed:.1f}x (with frames)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,301 @@
+"""FlintstonesSV stories with SAGANets' variable-length caption prefixes.
+
+Reads the layout of adymaharana/storydalle (flintstones_dataloader.py) and xichenpan/ARLDM (see
+shared/reference/datasets.md):
+
+    <root>/flintstones_annotations_v1-0.json      per-clip records: globalID, description, setting, characters
+    <root>/train-val-test_split.json              {"train": [globalID, ...], "val": [...], "test": [...]}
+    <root>/following_cache4.pkl                   {globalID: [next 4 globalIDs]}   (rebuilt when absent)
+    <root>/labels.pkl                             {globalID: 7-dim multi-hot}      (derived when absent)
+    <root>/video_frames_sampled/<globalID>.npy    uint8 (5, 128, 128, 3), read memory-mapped
+
+A story is a clip and its 4 followers (same season and episode), kept only when all five have
+frames of the right shape and a caption; a story belongs to the split of its first clip, as in
+StoryDALL-E. SAGANets (shared/papers/saganets.md, section 4.3) trains on a prefix of k ~ U{0..K}
+caption-image pairs and the target step k+1; validation and test fix k per story (seeded) and
+use the middle frame of each clip, so their scores repeat.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import random
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from data_modules.common import SPLITS, SplitDataModule
+from visiontales.errors import VisionTalesError
+
+log = logging.getLogger(__name__)
+
+ANNOTATIONS = "flintstones_annotations_v1-0.json"
+SPLIT_FILE = "train-val-test_split.json"
+FOLLOWINGS = "following_cache4.pkl"
+LABELS = "labels.pkl"
+FRAMES_DIR = "video_frames_sampled"
+FRAMES = 5
+FRAME_SHAPE = (FRAMES, 128, 128, 3)
+STORY_LENGTH = 5
+DROP_REASONS = ("missing_frames", "bad_frames", "empty_caption", "no_followers")
+# the order of the 7-dim character labels in StoryGAN / StoryDALL-E / AR-LDM
+MAIN_CHARACTERS = ("Wilma", "Fred", "Betty", "Barney", "Dino", "Pebbles", "Mr Slate")
+
+
+def main_character_labels(characters: list[dict]) -> np.ndarray:
+    """7-dim multi-hot of the main characters among annotated entities (labels stripped, case-folded)."""
+    order = [name.casefold() for name in MAIN_CHARACTERS]
+    labels = np.zeros(len(order), dtype=np.float32)
+    for entity in characters:
+        name = str(entity.get("entityLabel", "")).strip().casefold()
+        if name in order:
+            labels[order.index(name)] = 1.0
+    return labels
+
+
+def rebuild_following_cache(clip_ids: list[str], length: int = 4) -> dict[str, list[str]]:
+    """{clip: next `length` clips of the same season and episode}, as StoryDALL-E rebuilds it:
+    sort all globalIDs, keep a clip when its next `length` clips share `id.split('_')[1]` and [3]."""
+    ordered = sorted(clip_ids)
+    followings = {}
+    for i, clip in enumerate(ordered):
+        parts = clip.split("_")
+        nxt = ordered[i + 1:i + 1 + length]
+        if len(nxt) == length and all(c.split("_")[1] == parts[1] and c.split("_")[3] == parts[3] for c in nxt):
+            followings[clip] = nxt
+    return followings
+
+
+@dataclass
+class Clip:
+    caption: str
+    setting: str
+    characters: np.ndarray  # (7,) multi-hot
+
+
+@dataclass
+class SplitReport:
+    """One split: clips the split file names, stories kept, and dropped stories by reason."""
+
+    clips: int = 0
+    stories: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    problem: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"clips": self.clips, "stories": self.stories,
+                "dropped": {reason: self.dropped.get(reason, 0) for reason in DROP_REASONS}}
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise VisionTalesError(f"{path}: file not found") from e
+    except json.JSONDecodeError as e:
+        raise VisionTalesError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
+
+
+def _load_pickle(path: Path) -> Any:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
+        raise VisionTalesError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from e
+
+
+class FlintstonesIndex:
+    """Everything read from the dataset folder once: clips, splits, followings, frame checks."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise VisionTalesError(f"{self.root}: dataset folder not found")
+        records = _load_json(self.root / ANNOTATIONS)
+        if not isinstance(records, list):
+            raise VisionTalesError(f"{self.root / ANNOTATIONS}: expected a list of per-clip records")
+        labels = _load_pickle(self.root / LABELS) if (self.root / LABELS).exists() else {}
+        self.clips: dict[str, Clip] = {}
+        for i, record in enumerate(records):
+            if not isinstance(record, dict) or "globalID" not in record:
+                raise VisionTalesError(f"{self.root / ANNOTATIONS}: record [{i}] has no 'globalID'")
+            gid = record["globalID"]
+            derived = main_character_labels(record.get("characters") or [])
+            self.clips[gid] = Clip(str(record.get("description") or "").strip(), str(record.get("setting") or ""),
+                                   np.asarray(labels.get(gid, derived), dtype=np.float32))
+        splits = _load_json(self.root / SPLIT_FILE)
+        if not isinstance(splits, dict):
+            raise VisionTalesError(f"{self.root / SPLIT_FILE}: expected {{\"train\": [...], \"val\": [...], \"test\": [...]}}")
+        self.splits: dict[str, list[str]] = {s: list(splits[s]) for s in SPLITS if s in splits}
+        unknown = {s: [c for c in ids if c not in self.clips] for s, ids in self.splits.items()}
+        for split, ids in unknown.items():
+            if ids:
+                log.warning("%s: %d clip(s) of split '%s' are not in %s (e.g. %s): they have no caption, "
+                            "and stories that hold one are dropped", self.root / SPLIT_FILE, len(ids), split,
+                            ANNOTATIONS, ids[0])
+        if (self.root / FOLLOWINGS).exists():
+            self.followings: dict[str, list[str]] = _load_pickle(self.root / FOLLOWINGS)
+        else:  # StoryDALL-E's rebuild: over every clip the split file names
+            self.followings = rebuild_following_cache([c for ids in self.splits.values() for c in ids])
+        self._frames_ok: dict[str, str] = {}
+
+    def frames_path(self, clip: str) -> Path:
+        return self.root / FRAMES_DIR / f"{clip}.npy"
+
+    def frames_problem(self, clip: str) -> str:
+        """"" when the clip's frames file exists with shape (5, 128, 128, 3) uint8, else the reason."""
+        if clip not in self._frames_ok:
+            path = self.frames_path(clip)
+            if not path.exists():
+                self._frames_ok[clip] = "missing_frames"
+            else:
+                try:
+                    frames = np.load(path, mmap_mode="r")  # reads the header only
+                    ok = frames.shape == FRAME_SHAPE and frames.dtype == np.uint8
+                except (ValueError, OSError, pickle.UnpicklingError):
+                    ok = False
+                self._frames_ok[clip] = "" if ok else "bad_frames"
+        return self._frames_ok[clip]
+
+    def stories(self, split: str) -> tuple[list[list[str]], SplitReport]:
+        """The split's stories (5 clip ids each) and the report of what was dropped and why."""
+        ids = self.splits.get(split, [])
+        report = SplitReport(clips=len(ids))
+        kept = []
+        for clip in ids:
+            followers = self.followings.get(clip)
+            if not followers or len(followers) < STORY_LENGTH - 1:
+                report.dropped["no_followers"] += 1
+                continue
+            story = [clip, *followers[: STORY_LENGTH - 1]]
+            problems = [self.frames_problem(c) for c in story]
+            if "missing_frames" in problems:
+                report.dropped["missing_frames"] += 1
+            elif "bad_frames" in problems:
+                report.dropped["bad_frames"] += 1
+            elif not all(c in self.clips and self.clips[c].caption for c in story):
+                report.dropped["empty_caption"] += 1
+            else:
+                kept.append(story)
+        report.stories = len(kept)
+        if not kept:
+            frames_dir = self.root / FRAMES_DIR
+            if ids and not frames_dir.is_dir():
+                report.problem = f"{frames_dir}: frames folder not found (expected {FRAMES_DIR}/<globalID>.npy)"
+            else:
+                dropped = ", ".join(f"{r}={n}" for r, n in sorted(report.dropped.items())) or "no clips"
+                report.problem = f"{self.root / SPLIT_FILE}: no usable story in split '{split}' ({dropped})"
+        return kept, report
+
+
+def check_dataset(root: str | Path) -> dict[str, Any]:
+    """The report of `visiontales data check --dataset flintstones`."""
+    index = FlintstonesIndex(root)
+    reports = {split: index.stories(split)[1] for split in index.splits}
+    if not any(r.stories for r in reports.values()):
+        problems = [r.problem for r in reports.values()] or [f"{Path(root) / SPLIT_FILE}: no split listed"]
+        raise VisionTalesError(problems[0])
+    return {"dataset": "flintstones", "splits": {split: r.as_dict() for split, r in reports.items()}}
+
+
+def eval_prefix_length(story_id: str, max_prefix: int, seed: int) -> int:
+    """A fixed k in 0..max_prefix per story (stable across runs, platforms and processes)."""
+    return zlib.crc32(f"{seed}:{story_id}".encode()) % (max_prefix + 1)
+
+
+class FlintstonesStories(Dataset):
+    """Items: `story_id`, `clip_ids` (5), `texts` (5), `settings` (5), `characters` (5x7 float),
+    `prefix_len` (k), and unless images are dropped `images` (5x3xRxR float in [-1, 1])."""
+
+    def __init__(self, index: FlintstonesIndex, stories: list[list[str]], train: bool, max_prefix: int,
+                 resolution: int, eval_frame: int, seed: int) -> None:
+        self.index, self.stories, self.train = index, stories, train
+        self.max_prefix, self.resolution, self.eval_frame, self.seed = max_prefix, resolution, eval_frame, seed
+        self.image_source: Literal["files", "none"] = "files"
+
+    def __len__(self) -> int:
+        return len(self.stories)
+
+    def frame(self, clip: str) -> torch.Tensor:
+        """One frame of the clip as (3, R, R) in [-1, 1]: random in training, fixed otherwise."""
+        frames = np.load(self.index.frames_path(clip), mmap_mode="r")
+        t = random.randrange(FRAMES) if self.train else self.eval_frame
+        image = torch.from_numpy(np.array(frames[t])).permute(2, 0, 1).float() / 127.5 - 1.0
+        if self.resolution != image.shape[-1]:
+            image = F.interpolate(image[None], size=(self.resolution, self.resolution), mode="bilinear",
+                                  antialias=True, align_corners=False)[0]
+        return image
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        story = self.stories[i]
+        clips = [self.index.clips[c] for c in story]
+        k = random.randint(0, self.max_prefix) if self.train else eval_prefix_length(story[0], self.max_prefix, self.seed)
+        item = {"story_id": story[0], "clip_ids": list(story), "texts": [c.caption for c in clips],
+                "settings": [c.setting for c in clips],
+                "characters": torch.from_numpy(np.stack([c.characters for c in clips])), "prefix_len": k}
+        if self.image_source == "files":
+            item["images"] = torch.stack([self.frame(c) for c in story])
+        return item
+
+
+class FlintstonesSVDataModule(SplitDataModule):
+    """FlintstonesSV five-clip stories with a SAGANets prefix length per item."""
+
+    def __init__(
+        self,
+        root: str = "data/flintstones",
+        max_prefix_len: int = 3,
+        resolution: int = 128,
+        eval_frame: int = 2,
+        seed: int = 0,
+        batch_size: int = 8,
+        eval_batch_size: int = 32,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        predict_split: Literal["train", "val", "test"] = "test",
+    ) -> None:
+        """
+        Args:
+            root: FlintstonesSV folder (annotations JSON, split JSON, video_frames_sampled/).
+            max_prefix_len: K: training draws the prefix length k from U{0..K} (the paper: 3);
+                the target is step k+1, so K is at most 4.
+            resolution: side of the square frames served (the files hold 128 px).
+            eval_frame: the frame of each clip (0-4) used for validation, test and predict;
+                training draws one at random.
+            seed: seeds the fixed prefix length of each validation and test story.
+            batch_size: training batch size.
+            eval_batch_size: batch size for validation, test and predict.
+            num_workers: DataLoader worker processes.
+            pin_memory: pin host memory for faster copies to the GPU.
+            predict_split: the split that `predict` runs on.
+        """
+        super().__init__()
+        if not 0 <= max_prefix_len <= STORY_LENGTH - 1:
+            raise VisionTalesError(f"max_prefix_len must be within 0..{STORY_LENGTH - 1}, got {max_prefix_len}")
+        if not 0 <= eval_frame < FRAMES:
+            raise VisionTalesError(f"eval_frame must be within 0..{FRAMES - 1}, got {eval_frame}")
+        self.save_hyperparameters()
+        self._index: FlintstonesIndex | None = None
+
+    @property
+    def index(self) -> FlintstonesIndex:
+        if self._index is None:
+            self._index = FlintstonesIndex(self.hparams.root)
+        return self._index
+
+    def build_split(self, split: str) -> tuple[FlintstonesStories, SplitReport]:
+        stories, report = self.index.stories(split)
+        dropped = ", ".join(f"{r}={report.dropped.get(r, 0)}" for r in DROP_REASONS)
+        log.info("FlintstonesSV %s: %d clips, %d stories kept, dropped: %s", split, report.clips, report.stories, dropped)
+        h = self.hparams
+        return FlintstonesStories(self.index, stories, split == "train", h.max_prefix_len, h.resolution,
+                                  h.eval_frame, h.seed), report

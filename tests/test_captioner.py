@@ -1,0 +1,111 @@
+import pytest
+import torch
+
+from visiontales.evaluation import named_characters
+from visiontales.models.captioner import SCENE_TOKENS, SAGANetsCaptioner
+
+STORY = ["Fred is walking in the yard.", "Fred and Barney are talking in the yard.",
+         "Barney is laughing in the yard.", "Wilma is sitting in the kitchen.", "Wilma is running in the kitchen."]
+
+
+def _batch(ks, stories=None):
+    stories = stories or [STORY] * len(ks)
+    return {"texts": stories, "prefix_len": list(ks), "story_id": [f"s{i}" for i in range(len(ks))],
+            "characters": torch.stack([named_characters(s) for s in stories])}
+
+
+@pytest.fixture(scope="module")
+def captioner():
+    return SAGANetsCaptioner(gpt2="tiny")
+
+
+def test_scene_tokens_are_added(captioner):
+    tok = captioner.tokenizer
+    assert [tok.convert_ids_to_tokens(i) for i in captioner.scene_ids] == SCENE_TOKENS
+    assert captioner.gpt2.get_input_embeddings().num_embeddings == len(tok)
+
+
+def test_serialized_prefix(captioner):
+    s = captioner.scene_ids
+    c = [captioner.caption_ids(t) for t in STORY]
+    assert captioner.prefix_ids([]) == [s[0]]
+    assert captioner.prefix_ids(STORY[:2]) == [s[0], *c[0], s[1], *c[1], s[2]]
+    blind = SAGANetsCaptioner(gpt2="tiny", ignore_prefix=True)
+    assert blind.prefix_ids(STORY[:2]) == [s[2]]
+
+
+def test_loss_covers_only_the_target_caption_and_eos(captioner):
+    ids, mask, labels = captioner.inputs(_batch([0, 2]))
+    eos = captioner.tokenizer.eos_token_id
+    for row, k in enumerate([0, 2]):
+        target = captioner.caption_ids(STORY[k]) + [eos]
+        start = len(captioner.prefix_ids(STORY[:k]))
+        assert labels[row, start:start + len(target)].tolist() == target
+        assert (labels[row, :start] == -100).all() and (labels[row, start + len(target):] == -100).all()
+        assert mask[row].sum().item() == start + len(target)
+        assert ids[row, start:start + len(target)].tolist() == target
+
+
+def test_overfit_batch_then_continue_the_story():
+    torch.manual_seed(0)
+    model = SAGANetsCaptioner(gpt2="tiny", lr=3e-3)
+    batch = _batch([0, 1, 2, 3, 4])
+    optimizer = model.configure_optimizers()
+    losses = []
+    for _ in range(80):
+        loss, _, _ = model.forward_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.05 * losses[0]
+    model.eval()
+    assert model.next_captions([STORY[:k] for k in range(5)]) == STORY  # left-padded batch of prefixes
+    assert model.continue_story(STORY[:1], 3) == STORY[1:4]
+    assert model.continue_story([], 2) == STORY[:2]
+    # past five steps the prefix slides: the last four captions and <SCENE_5>
+    assert len(model.continue_story(STORY, 3)) == 3
+
+
+def test_lora_trains_adapters_and_scene_tokens_only():
+    torch.manual_seed(0)
+    model = SAGANetsCaptioner(gpt2="tiny", lora_rank=4, lora_alpha=8, lr=1e-2)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "trainable_tokens" in n for n in trainable)
+    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    batch = _batch([0, 1, 2])
+    optimizer = model.configure_optimizers()
+    first = None
+    for _ in range(30):
+        loss, _, _ = model.forward_loss(batch)
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.9 * first
+    assert all(torch.equal(p, frozen_before[n]) for n, p in model.named_parameters() if n in frozen_before)
+
+
+def test_named_characters():
+    found = named_characters(["Fred and Mr. Slate are talking.", "slate and BETTY", "Nobody here.", "Dinosaur"])
+    assert found.tolist() == [[0, 1, 0, 0, 0, 0, 1], [0, 0, 1, 0, 0, 0, 1], [0] * 7, [0] * 7]
+
+
+def test_prefix_lifts_character_f1_over_a_prefix_blind_captioner(tmp_path):
+    """The acceptance comparison: same data, same steps, the prefix read or ignored."""
+    from conftest import tiny_overrides
+    from lightning.pytorch.cli import LightningCLI
+
+    from data_modules.synthetic import write_synthetic_flintstones
+
+    root = tmp_path / "flintstones"
+    write_synthetic_flintstones(root, seed=0, episodes=80)
+    char_f1 = {}
+    for ignore in (False, True):
+        cli = LightningCLI(run=False, subclass_mode_model=True, subclass_mode_data=True, args=[
+            *tiny_overrides("sagan_captioner.yaml", root, tmp_path, max_epochs=20, limit_val_batches=0,
+                            enable_model_summary="false"), "--model.init_args.ignore_prefix", str(ignore).lower()])
+        cli.trainer.fit(cli.model, cli.datamodule)
+        (metrics,) = cli.trainer.test(cli.model, cli.datamodule, verbose=False)
+        char_f1[ignore] = metrics["test/char_f1"]
+    assert char_f1[False] > char_f1[True] + 0.1, char_f1

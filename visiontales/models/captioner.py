@@ -1,0 +1,216 @@
+"""SAGANetsCaptioner: the text side of SAGANets (shared/papers/saganets.md, sections 4.1 and 4.3).
+
+GPT-2 predicts caption k+1 of a FlintstonesSV story from the serialized prefix
+
+    P_k = [S_1, C_1, ..., S_k, C_k, S_{k+1}]
+
+where S_i is the added special token <SCENE_i> and C_i the i-th caption; the target caption and
+EOS follow, and the cross-entropy covers those target tokens only (everything else is -100).
+Training draws k ~ U{0..K} per story (the data module); GPT-2 is fully fine-tuned as in the paper,
+or adapted with LoRA on `c_attn` (peft) for larger models, the scene-token embeddings trained too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torchmetrics.classification import MultilabelF1Score
+from torchmetrics.text import Perplexity
+
+from data_modules.flintstones import MAIN_CHARACTERS, STORY_LENGTH
+from visiontales.backbones import load_gpt2
+from visiontales.callbacks import JSONPredictionWriter, TextSamples
+from visiontales.evaluation import CaptionScores, named_characters
+from visiontales.models.common import adamw_with_warmup, decoding_options
+
+SCENE_TOKENS = [f"<SCENE_{i}>" for i in range(1, STORY_LENGTH + 1)]
+
+
+class SAGANetsCaptioner(L.LightningModule):
+    """GPT-2 that writes the next caption of a story from a prefix of its captions."""
+
+    def __init__(
+        self,
+        gpt2: str = "gpt2",
+        ignore_prefix: bool = False,
+        lora_rank: int = 0,
+        lora_alpha: int = 32,
+        lr: float = 5e-5,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        max_caption_tokens: int = 48,
+        decoding: Literal["greedy", "beam", "nucleus"] = "greedy",
+        num_beams: int = 4,
+        top_p: float = 0.9,
+        temperature: float = 1.0,
+        max_new_tokens: int = 40,
+        samples_to_log: int = 4,
+    ) -> None:
+        """
+        Args:
+            gpt2: GPT-2 to fine-tune: hub id (gpt2), local directory, or "tiny".
+            ignore_prefix: ablation: read only the scene token S_{k+1}, never the earlier captions.
+            lora_rank: 0 fine-tunes all of GPT-2 (the paper); r > 0 trains rank-r LoRA adapters on
+                `c_attn` and the scene-token embeddings instead.
+            lora_alpha: LoRA alpha (the update is scaled by alpha / r).
+            lr: AdamW learning rate (not given in the paper; 5e-5 is GPT-2 fine-tuning's usual).
+            weight_decay: AdamW weight decay.
+            warmup_steps: linear learning-rate warm-up steps.
+            max_caption_tokens: each caption is truncated to this many tokens.
+            decoding: "greedy", "beam" or "nucleus" sampling.
+            num_beams: beams for "beam" decoding.
+            top_p: nucleus mass for "nucleus" decoding.
+            temperature: sampling temperature for "nucleus" decoding.
+            max_new_tokens: longest caption generated, in tokens.
+            samples_to_log: prefix -> generated / reference triples logged per validation epoch.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.gpt2, self.tokenizer = load_gpt2(gpt2)
+        self.tokenizer.add_special_tokens({"additional_special_tokens": SCENE_TOKENS})
+        self.gpt2.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+        self.scene_ids = self.tokenizer.convert_tokens_to_ids(SCENE_TOKENS)
+        if lora_rank:
+            from peft import LoraConfig, get_peft_model
+
+            self.gpt2 = get_peft_model(self.gpt2, LoraConfig(
+                r=lora_rank, lora_alpha=lora_alpha, target_modules=["c_attn"],
+                trainable_token_indices={"wte": self.scene_ids}))
+        metrics = {"scores": CaptionScores, "char_f1": lambda: MultilabelF1Score(len(MAIN_CHARACTERS), average="micro"),
+                   "ppl": lambda: Perplexity(ignore_index=-100)}
+        self.val_metrics = torch.nn.ModuleDict({k: make() for k, make in metrics.items()})
+        self.test_metrics = torch.nn.ModuleDict({k: make() for k, make in metrics.items()})
+
+    # ------------------------------------------------------------------------------- inputs
+
+    def caption_ids(self, caption: str) -> list[int]:
+        return self.tokenizer(" " + caption.strip())["input_ids"][: self.hparams.max_caption_tokens]
+
+    def prefix_ids(self, captions: list[str]) -> list[int]:
+        """P_k for the k given captions: [S_1, C_1, ..., S_k, C_k, S_{k+1}]."""
+        k = len(captions)
+        ids = []
+        if not self.hparams.ignore_prefix:
+            for i, caption in enumerate(captions):
+                ids += [self.scene_ids[i], *self.caption_ids(caption)]
+        return ids + [self.scene_ids[k]]
+
+    def inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask, labels), right-padded; labels are -100 except caption k+1 + EOS."""
+        rows, targets = [], []
+        for texts, k in zip(batch["texts"], batch["prefix_len"], strict=True):
+            rows.append(self.prefix_ids(texts[:k]))
+            targets.append(self.caption_ids(texts[k]) + [self.tokenizer.eos_token_id])
+        t = max(len(p) + len(c) for p, c in zip(rows, targets, strict=True))
+        ids = torch.full((len(rows), t), self.tokenizer.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), t), -100, dtype=torch.long)
+        mask = torch.zeros((len(rows), t), dtype=torch.long)
+        for i, (prefix, target) in enumerate(zip(rows, targets, strict=True)):
+            n = len(prefix) + len(target)
+            ids[i, :n] = torch.tensor(prefix + target)
+            labels[i, len(prefix):n] = torch.tensor(target)
+            mask[i, :n] = 1
+        return ids.to(self.device), mask.to(self.device), labels.to(self.device)
+
+    def forward_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean target-token cross-entropy, logits, labels)."""
+        ids, mask, labels = self.inputs(batch)
+        out = self.gpt2(input_ids=ids, attention_mask=mask, labels=labels)
+        return out.loss, out.logits, labels
+
+    @torch.no_grad()
+    def next_captions(self, prefixes: list[list[str]]) -> list[str]:
+        """Caption k+1 for each list of k captions (k may differ between items; 0 <= k < 5)."""
+        rows = [self.prefix_ids(p) for p in prefixes]
+        t = max(map(len, rows))
+        # left padding, so that every row's generation starts right after its prefix
+        ids = torch.full((len(rows), t), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), t), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, t - len(row):] = torch.tensor(row)
+            mask[i, t - len(row):] = 1
+        h = self.hparams
+        out = self.gpt2.generate(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=h.max_new_tokens,
+            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+            **decoding_options(h.decoding, h.num_beams, h.top_p, h.temperature))
+        return [s.strip() for s in self.tokenizer.batch_decode(out[:, t:], skip_special_tokens=True)]
+
+    def continue_story(self, captions: list[str], steps: int) -> list[str]:
+        """The next `steps` captions after `captions` (any number, even none), one at a time.
+
+        The scene tokens number five, so the prefix is the last four captions at most.
+        """
+        story = list(captions)
+        for _ in range(steps):
+            story.append(self.next_captions([story[-(STORY_LENGTH - 1):] if story else []])[0])
+        return story[len(captions):]
+
+    # ------------------------------------------------------------------------------- hooks
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self._trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "drop_images"):
+            datamodule.drop_images()  # the captioner reads captions only
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, _, _ = self.forward_loss(batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["texts"]))
+        return loss
+
+    def _evaluation_step(self, batch: dict[str, Any], split: str, metrics: torch.nn.ModuleDict) -> dict[str, Any]:
+        loss, logits, labels = self.forward_loss(batch)
+        self.log(f"{split}/loss", loss, batch_size=len(batch["texts"]), sync_dist=True)
+        metrics["ppl"].update(logits[:, :-1].float(), labels[:, 1:])
+        ks = batch["prefix_len"]
+        prefixes = [texts[:k] for texts, k in zip(batch["texts"], ks, strict=True)]
+        generated = self.next_captions(prefixes)
+        references = [texts[k] for texts, k in zip(batch["texts"], ks, strict=True)]
+        metrics["scores"].update([f"{s}#{k}" for s, k in zip(batch["story_id"], ks, strict=True)], generated,
+                                 [[r] for r in references])
+        annotated = torch.stack([chars[k] for chars, k in zip(batch["characters"], ks, strict=True)])
+        metrics["char_f1"].update(named_characters(generated).to(self.device), annotated.int())
+        return {"samples": [{"prefix": " / ".join(p) or "(none)", "generated": g, "reference": r}
+                            for p, g, r in zip(prefixes, generated, references, strict=True)]}
+
+    def _log_metrics(self, split: str, metrics: torch.nn.ModuleDict) -> None:
+        if not self.trainer.sanity_checking:
+            values = {f"{split}/{name}": value for name, value in metrics["scores"].compute().items()}
+            values[f"{split}/char_f1"] = metrics["char_f1"].compute()
+            values[f"{split}/ppl"] = metrics["ppl"].compute()
+            self.log_dict(values)
+        for metric in metrics.values():
+            metric.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return self._evaluation_step(batch, "val", self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val", self.val_metrics)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return self._evaluation_step(batch, "test", self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test", self.test_metrics)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        prefixes = [texts[:k] for texts, k in zip(batch["texts"], batch["prefix_len"], strict=True)]
+        generated = self.next_captions(prefixes)
+        return [{"story_id": s, "prefix": p, "generated": g, "reference": texts[len(p)]}
+                for s, p, g, texts in zip(batch["story_id"], prefixes, generated, batch["texts"], strict=True)]
+
+    def configure_optimizers(self):
+        return adamw_with_warmup(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        return [
+            ModelCheckpoint(monitor="val/cider", mode="max", save_last=True,
+                            filename="epoch{epoch:02d}-cider{val/cider:.4f}", auto_insert_metric_name=False),
+            TextSamples(self.hparams.samples_to_log),
+            JSONPredictionWriter(),
+        ]
