@@ -14,21 +14,19 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import lightning as L
 import torch
 from torchmetrics.classification import MultilabelF1Score
 from torchmetrics.text import Perplexity
 
 from data_modules.flintstones import MAIN_CHARACTERS, STORY_LENGTH
 from visiontales.backbones import load_gpt2
-from visiontales.callbacks import JSONPredictionWriter, TextSamples
 from visiontales.evaluation import CaptionScores, named_characters
-from visiontales.models.common import adamw_with_warmup, decoding_options
+from visiontales.models.common import TextGenerationModule, decoding_options
 
 SCENE_TOKENS = [f"<SCENE_{i}>" for i in range(1, STORY_LENGTH + 1)]
 
 
-class SAGANetsCaptioner(L.LightningModule):
+class SAGANetsCaptioner(TextGenerationModule):
     """GPT-2 that writes the next caption of a story from a prefix of its captions."""
 
     def __init__(
@@ -78,10 +76,9 @@ class SAGANetsCaptioner(L.LightningModule):
             self.gpt2 = get_peft_model(self.gpt2, LoraConfig(
                 r=lora_rank, lora_alpha=lora_alpha, target_modules=["c_attn"],
                 trainable_token_indices={"wte": self.scene_ids}))
-        metrics = {"scores": CaptionScores, "char_f1": lambda: MultilabelF1Score(len(MAIN_CHARACTERS), average="micro"),
-                   "ppl": lambda: Perplexity(ignore_index=-100)}
-        self.val_metrics = torch.nn.ModuleDict({k: make() for k, make in metrics.items()})
-        self.test_metrics = torch.nn.ModuleDict({k: make() for k, make in metrics.items()})
+        self.init_metrics({"scores": CaptionScores,
+                           "char_f1": lambda: MultilabelF1Score(len(MAIN_CHARACTERS), average="micro"),
+                           "ppl": lambda: Perplexity(ignore_index=-100)})
 
     # ------------------------------------------------------------------------------- inputs
 
@@ -160,7 +157,8 @@ class SAGANetsCaptioner(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["texts"]))
         return loss
 
-    def _evaluation_step(self, batch: dict[str, Any], split: str, metrics: torch.nn.ModuleDict) -> dict[str, Any]:
+    def evaluation_step(self, batch: dict[str, Any], split: str) -> dict[str, Any]:
+        metrics = self.split_metrics[split]
         loss, logits, labels = self.forward_loss(batch)
         self.log(f"{split}/loss", loss, batch_size=len(batch["texts"]), sync_dist=True)
         metrics["ppl"].update(logits[:, :-1].float(), labels[:, 1:])
@@ -175,42 +173,8 @@ class SAGANetsCaptioner(L.LightningModule):
         return {"samples": [{"prefix": " / ".join(p) or "(none)", "generated": g, "reference": r}
                             for p, g, r in zip(prefixes, generated, references, strict=True)]}
 
-    def _log_metrics(self, split: str, metrics: torch.nn.ModuleDict) -> None:
-        if not self.trainer.sanity_checking:
-            values = {f"{split}/{name}": value for name, value in metrics["scores"].compute().items()}
-            values[f"{split}/char_f1"] = metrics["char_f1"].compute()
-            values[f"{split}/ppl"] = metrics["ppl"].compute()
-            self.log_dict(values)
-        for metric in metrics.values():
-            metric.reset()
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return self._evaluation_step(batch, "val", self.val_metrics)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val", self.val_metrics)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return self._evaluation_step(batch, "test", self.test_metrics)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metrics("test", self.test_metrics)
-
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         prefixes = [texts[:k] for texts, k in zip(batch["texts"], batch["prefix_len"], strict=True)]
         generated = self.next_captions(prefixes)
         return [{"story_id": s, "prefix": p, "generated": g, "reference": texts[len(p)]}
                 for s, p, g, texts in zip(batch["story_id"], prefixes, generated, batch["texts"], strict=True)]
-
-    def configure_optimizers(self):
-        return adamw_with_warmup(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps)
-
-    def configure_callbacks(self) -> list[L.Callback]:
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
-        return [
-            ModelCheckpoint(monitor="val/cider", mode="max", save_last=True,
-                            filename="epoch{epoch:02d}-cider{val/cider:.4f}", auto_insert_metric_name=False),
-            TextSamples(self.hparams.samples_to_log),
-            JSONPredictionWriter(),
-        ]

@@ -1,11 +1,17 @@
-"""Pieces the text models share: decoding options and the optimizer with linear warm-up."""
+"""What the text-generating models share: validation/test plumbing, checkpointing by CIDEr, sample
+logging, prediction files, decoding options, and AdamW with linear warm-up."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import lightning as L
 import torch
 from torch import nn
+from torchmetrics import Metric
+
+from visiontales.callbacks import JSONPredictionWriter, TextSamples
 
 
 def decoding_options(decoding: str, num_beams: int, top_p: float, temperature: float) -> dict[str, Any]:
@@ -19,12 +25,66 @@ def decoding_options(decoding: str, num_beams: int, top_p: float, temperature: f
     raise ValueError(f"decoding must be greedy, beam or nucleus, got {decoding!r}")
 
 
-def adamw_with_warmup(module: nn.Module, lr: float, weight_decay: float, warmup_steps: int):
-    """AdamW over the trainable parameters (a list, so clipping and resuming see them all), with
-    an optional linear warm-up stepped every batch."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if not warmup_steps:
-        return optimizer
-    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps))
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
+class TextGenerationModule(L.LightningModule):
+    """Base of the models that write text and are scored on it.
+
+    A subclass calls `init_metrics` with its metric factories, implements
+    `evaluation_step(batch, split)` (update `self.split_metrics[split]`, return
+    {"samples": [...]} for TensorBoard) and `predict_step`, and has `lr`, `weight_decay`,
+    `warmup_steps` and `samples_to_log` among its hyper-parameters. A metric may compute one
+    value (logged as `<split>/<name>`) or a dict of them (each logged as `<split>/<key>`).
+    """
+
+    def init_metrics(self, factories: dict[str, Callable[[], Metric]]) -> None:
+        self.split_metrics = nn.ModuleDict(
+            {split: nn.ModuleDict({name: make() for name, make in factories.items()}) for split in ("val", "test")})
+
+    def evaluation_step(self, batch: dict[str, Any], split: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return self.evaluation_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return self.evaluation_step(batch, "test")
+
+    def log_split_metrics(self, split: str) -> None:
+        metrics = self.split_metrics[split]
+        if not self.trainer.sanity_checking:  # two sanity batches are no score worth a METEOR run
+            values = {}
+            for name, metric in metrics.items():
+                result = metric.compute()
+                if isinstance(result, dict):
+                    values.update({f"{split}/{key}": value for key, value in result.items()})
+                else:
+                    values[f"{split}/{name}"] = result
+            self.log_dict(values)
+        for metric in metrics.values():
+            metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_split_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_split_metrics("test")
+
+    def configure_optimizers(self):
+        """AdamW over the trainable parameters (a list, so clipping and resuming see them all),
+        with an optional linear warm-up stepped every batch."""
+        h = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=h.lr, weight_decay=h.weight_decay)
+        if not h.warmup_steps:
+            return optimizer
+        warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / h.warmup_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        return [
+            ModelCheckpoint(monitor="val/cider", mode="max", save_last=True,
+                            filename="epoch{epoch:02d}-cider{val/cider:.4f}", auto_insert_metric_name=False),
+            TextSamples(self.hparams.samples_to_log),
+            JSONPredictionWriter(),
+        ]

@@ -19,17 +19,15 @@ from __future__ import annotations
 import warnings
 from typing import Any, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from visiontales.backbones import fingerprint, home, load_clip, load_gpt2
-from visiontales.callbacks import JSONPredictionWriter, TextSamples
 from visiontales.errors import VisionTalesError
 from visiontales.evaluation import CaptionScores
 from visiontales.feature_cache import FeatureCache
-from visiontales.models.common import adamw_with_warmup, decoding_options
+from visiontales.models.common import TextGenerationModule, decoding_options
 
 # the prefix is embeddings, not ids: n-gram blocking applies to the story only, which is what we want
 warnings.filterwarnings("ignore", message="Passing `no_repeat_ngram_size` with `inputs_embeds`")
@@ -68,7 +66,7 @@ class PrefixMapper(nn.Module):
         return self.net(torch.cat([tokens, constants], dim=1))[:, self.length:]  # (B, L, E)
 
 
-class CLIPStoryteller(L.LightningModule):
+class CLIPStoryteller(TextGenerationModule):
     """Frozen CLIP + fine-tuned GPT-2 that tells a story for a three-image sequence."""
 
     def __init__(
@@ -138,8 +136,7 @@ class CLIPStoryteller(L.LightningModule):
             self.clip = load_clip(clip).requires_grad_(False)
             embed_dim = self.gpt2.get_input_embeddings().embedding_dim
             self.mapper = PrefixMapper(mapper, self.clip.visual.output_dim, embed_dim, prefix_length, mapper_layers)
-        self.val_scores = CaptionScores()
-        self.test_scores = CaptionScores()
+        self.init_metrics({"scores": CaptionScores})
 
     # ------------------------------------------------------------------------------- inputs
 
@@ -239,48 +236,19 @@ class CLIPStoryteller(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["texts"]))
         return loss
 
-    def _evaluation_step(self, batch: dict[str, Any], split: str, scores: CaptionScores) -> dict[str, Any]:
+    def evaluation_step(self, batch: dict[str, Any], split: str) -> dict[str, Any]:
         self.log(f"{split}/loss", self.loss(batch), batch_size=len(batch["texts"]), sync_dist=True)
         stories = self.generate_stories(batch)
-        scores.update(["/".join(p) for p in batch["photo_ids"]], stories, batch["references"])
+        self.split_metrics[split]["scores"].update(["/".join(p) for p in batch["photo_ids"]], stories,
+                                                   batch["references"])
         return {"samples": [{"photos": " ".join(p), "generated": s, "reference": r[0]}
                             for p, s, r in zip(batch["photo_ids"], stories, batch["references"], strict=True)]}
-
-    def _log_scores(self, split: str, scores: CaptionScores) -> None:
-        if not self.trainer.sanity_checking:
-            self.log_dict({f"{split}/{name}": value for name, value in scores.compute().items()})
-        scores.reset()
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return self._evaluation_step(batch, "val", self.val_scores)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_scores("val", self.val_scores)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return self._evaluation_step(batch, "test", self.test_scores)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_scores("test", self.test_scores)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         stories = self.generate_stories(batch)
         return [{"story_id": sid, "photo_ids": p, "story": s, "references": r}
                 for sid, p, s, r in zip(batch["story_id"], batch["photo_ids"], stories, batch["references"],
                                         strict=True)]
-
-    def configure_optimizers(self):
-        return adamw_with_warmup(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps)
-
-    def configure_callbacks(self) -> list[L.Callback]:
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
-        return [
-            ModelCheckpoint(monitor="val/cider", mode="max", save_last=True,
-                            filename="epoch{epoch:02d}-cider{val/cider:.4f}", auto_insert_metric_name=False),
-            TextSamples(self.hparams.samples_to_log),
-            JSONPredictionWriter(),
-        ]
 
     # The frozen CLIP is rebuilt from its spec at load time, so checkpoints leave it out
     # (ViT-B/32 would add 350 MB to every checkpoint).
