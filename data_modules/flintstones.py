@@ -214,7 +214,8 @@ def eval_prefix_length(story_id: str, max_prefix: int, seed: int) -> int:
 
 class FlintstonesStories(Dataset):
     """Items: `story_id`, `clip_ids` (5), `texts` (5), `settings` (5), `characters` (5x7 float),
-    `prefix_len` (k), and unless images are dropped `images` (5x3xRxR float in [-1, 1])."""
+    `prefix_len` (k), `frame_index` (5: the frame drawn from each clip), and unless images are
+    dropped `images` (5x3xRxR float in [-1, 1])."""
 
     def __init__(self, index: FlintstonesIndex, stories: list[list[str]], train: bool, max_prefix: int,
                  resolution: int, eval_frame: int, seed: int) -> None:
@@ -225,10 +226,9 @@ class FlintstonesStories(Dataset):
     def __len__(self) -> int:
         return len(self.stories)
 
-    def frame(self, clip: str) -> torch.Tensor:
-        """One frame of the clip as (3, R, R) in [-1, 1]: random in training, fixed otherwise."""
+    def frame(self, clip: str, t: int) -> torch.Tensor:
+        """Frame t of the clip as (3, R, R) in [-1, 1]."""
         frames = np.load(self.index.frames_path(clip), mmap_mode="r")
-        t = random.randrange(FRAMES) if self.train else self.eval_frame
         image = torch.from_numpy(np.array(frames[t])).permute(2, 0, 1).float() / 127.5 - 1.0
         if self.resolution != image.shape[-1]:
             image = F.interpolate(image[None], size=(self.resolution, self.resolution), mode="bilinear",
@@ -239,11 +239,14 @@ class FlintstonesStories(Dataset):
         story = self.stories[i]
         clips = [self.index.clips[c] for c in story]
         k = random.randint(0, self.max_prefix) if self.train else eval_prefix_length(story[0], self.max_prefix, self.seed)
+        # one frame per clip: random in training, fixed for evaluation so that scores repeat
+        frames = [random.randrange(FRAMES) if self.train else self.eval_frame for _ in story]
         item = {"story_id": story[0], "clip_ids": list(story), "texts": [c.caption for c in clips],
                 "settings": [c.setting for c in clips],
-                "characters": torch.from_numpy(np.stack([c.characters for c in clips])), "prefix_len": k}
+                "characters": torch.from_numpy(np.stack([c.characters for c in clips])), "prefix_len": k,
+                "frame_index": torch.tensor(frames)}
         if self.image_source == "files":
-            item["images"] = torch.stack([self.frame(c) for c in story])
+            item["images"] = torch.stack([self.frame(c, t) for c, t in zip(story, frames, strict=True)])
         return item
 
 
@@ -291,6 +294,17 @@ class FlintstonesSVDataModule(SplitDataModule):
         if self._index is None:
             self._index = FlintstonesIndex(self.hparams.root)
         return self._index
+
+    def frame_files(self, stage: str) -> dict[str, Path]:
+        """"<globalID>#<frame>" -> frames file for every frame of every clip the stage's splits use
+        (after `setup(stage)`): what a latent cache must cover, since training draws any frame."""
+        clips = {c for split in self.splits_for(stage) for story in self.datasets[split].stories for c in story}
+        return {f"{c}#{t}": self.index.frames_path(c) for c in sorted(clips) for t in range(FRAMES)}
+
+    def load_frame(self, key: str, path: Path) -> torch.Tensor:
+        """The frame named by a `frame_files` key, as served in `images`."""
+        clip, t = key.rsplit("#", 1)
+        return next(iter(self.datasets.values())).frame(clip, int(t))
 
     def build_split(self, split: str) -> tuple[FlintstonesStories, SplitReport]:
         stories, report = self.index.stories(split)

@@ -290,7 +290,8 @@ class VISTDataModule(SplitDataModule):
                     paths.update(zip(seq.photo_ids, seq.image_paths, strict=True))
         return paths
 
-    def load_image(self, path: Path) -> torch.Tensor:
+    def load_photo(self, photo_id: str, path: Path) -> torch.Tensor:
+        """The photo as served in `images` (CLIP preprocessing)."""
         return load_image(path, self.transform)
 
     def attach_image_features(self, features: Mapping[str, torch.Tensor]) -> None:

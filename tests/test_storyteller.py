@@ -94,7 +94,7 @@ def test_feature_cache_encodes_each_photo_once(vist_root, tmp_path, monkeypatch)
     n_photos = len(dm.image_paths("validate"))
     assert sum(encoded) == n_photos
     item = dm.datasets["val"][0]
-    direct = real_encode(torch.stack([dm.load_image(p) for p in dm.datasets["val"].groups[0][0].image_paths])[None])
+    direct = real_encode(torch.stack([dm.load_photo('', p) for p in dm.datasets["val"].groups[0][0].image_paths])[None])
     assert torch.allclose(item["image_features"], direct[0], atol=1e-5)
     encoded.clear()
     dm = setup()  # a later run: everything comes from the disk cache

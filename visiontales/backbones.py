@@ -1,10 +1,13 @@
-"""The one place that builds pretrained backbones: GPT-2 + tokenizer and CLIP + preprocessing.
+"""The one place that builds pretrained backbones: GPT-2 + tokenizer, CLIP + preprocessing, and the
+Stable Diffusion components.
 
 A backbone is named by a spec string:
 
 - GPT-2: a hub id (`gpt2`, `gpt2-medium`), a local directory written by `save_pretrained`, or `tiny`.
 - CLIP:  `<open_clip model>@<pretrained tag>` (`ViT-B-32@openai`, the paper's), `hf-hub:<repo>`,
   a local directory holding `open_clip_config.json` and weights, or `tiny`.
+- Stable Diffusion: a hub id (`stable-diffusion-v1-5/stable-diffusion-v1-5`), a local directory in
+  the diffusers layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/), or `tiny`.
 
 `tiny` builds a small randomly initialised model once (fixed seed), saves it under
 `$VISIONTALES_HOME/backbones/` (default `~/.cache/visiontales`) exactly as a hub checkpoint is laid
@@ -42,6 +45,15 @@ def home() -> Path:
     return Path(os.environ.get("VISIONTALES_HOME", Path.home() / ".cache" / "visiontales"))
 
 
+def _quiet() -> None:
+    """No per-file progress bars when loading weights: a run's log is for its own progress."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def _missing_weights(spec: str, what: str, error: Exception) -> VisionTalesError:
     return VisionTalesError(
         f"{what} weights '{spec}' could not be loaded ({type(error).__name__}): give a local directory "
@@ -76,9 +88,8 @@ def load_gpt2(spec: str) -> tuple[nn.Module, object]:
     label -100, so the choice never reaches the loss).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    _quiet()
     if spec == TINY:
         spec = str(_ensure_tiny("gpt2", _build_tiny_gpt2))
     elif spec.startswith((".", "/", "~")) and not Path(spec).expanduser().is_dir():
@@ -154,6 +165,92 @@ def fingerprint(module: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+# ------------------------------------------------------------------------------ Stable Diffusion
+
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+# diffusers' own test components (tests/pipelines/stable_diffusion/test_stable_diffusion.py)
+TINY_UNET = {"block_out_channels": (32, 64), "layers_per_block": 2, "sample_size": 32, "in_channels": 4,
+             "out_channels": 4, "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+             "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"), "cross_attention_dim": 32, "norm_num_groups": 32}
+TINY_VAE = {"block_out_channels": [32, 64], "in_channels": 3, "out_channels": 3,
+            "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
+            "latent_channels": 4, "norm_num_groups": 32, "scaling_factor": 0.18215}
+TINY_TEXT = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 5,
+             "vocab_size": 49408, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407,
+             "max_position_embeddings": 77}
+# SD 1.5's noise schedule (its scheduler/scheduler_config.json)
+SD_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+               "prediction_type": "epsilon", "clip_sample": False, "steps_offset": 1}
+
+
+class StableDiffusion(nn.Module):
+    """The components SAGANets' visualizers use, as one module: `unet`, `vae`, `text_encoder`, with
+    `tokenizer` and `noise_scheduler` (DDPM, the training schedule) alongside."""
+
+    def __init__(self, unet, vae, text_encoder, tokenizer, noise_scheduler) -> None:
+        super().__init__()
+        self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
+        self.tokenizer, self.noise_scheduler = tokenizer, noise_scheduler
+
+
+def clip_tokenizer_from_open_clip(directory: Path) -> None:
+    """Save OpenAI CLIP's BPE tokenizer built from the vocabulary that ships inside open_clip, so a
+    CLIPTokenizer works with no download: the same 49,408 tokens with the same ids."""
+    import gzip
+
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+    from transformers import CLIPTokenizer
+
+    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    pairs = [tuple(m.split()) for m in merges]
+    byte_chars = list(bytes_to_unicode().values())
+    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(p) for p in pairs]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    tokenizer = CLIPTokenizer(vocab={token: i for i, token in enumerate(vocab)}, merges=pairs,
+                              model_max_length=77)
+    tokenizer.save_pretrained(directory)
+
+
+def _build_tiny_sd(directory: Path) -> None:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(TINY_SEED)
+    UNet2DConditionModel(**TINY_UNET).save_pretrained(directory / "unet")
+    AutoencoderKL(**TINY_VAE).save_pretrained(directory / "vae")
+    CLIPTextModel(CLIPTextConfig(**TINY_TEXT)).save_pretrained(directory / "text_encoder")
+    clip_tokenizer_from_open_clip(directory / "tokenizer")
+    DDPMScheduler(**SD_SCHEDULE).save_pretrained(directory / "scheduler")
+    (directory / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "feature_extractor": [None, None],
+        "safety_checker": [None, None], "requires_safety_checker": False,
+        "scheduler": ["diffusers", "DDPMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"]}))
+
+
+def load_stable_diffusion(spec: str) -> StableDiffusion:
+    """UNet, VAE, CLIP text encoder + tokenizer and DDPM noise scheduler for a hub id, a local
+    diffusers-layout directory, or `tiny`."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    _quiet()
+    if spec == TINY:
+        spec = str(_ensure_tiny("sd", _build_tiny_sd))
+    elif spec.startswith((".", "/", "~")) and not (Path(spec).expanduser() / "unet").is_dir():
+        raise VisionTalesError(f"{spec}: not a diffusers Stable Diffusion directory (no unet/ inside)")
+    try:
+        return StableDiffusion(
+            UNet2DConditionModel.from_pretrained(spec, subfolder="unet"),
+            AutoencoderKL.from_pretrained(spec, subfolder="vae"),
+            CLIPTextModel.from_pretrained(spec, subfolder="text_encoder"),
+            CLIPTokenizer.from_pretrained(spec, subfolder="tokenizer"),
+            DDPMScheduler.from_pretrained(spec, subfolder="scheduler"))
+    except (OSError, ValueError) as e:
+        raise _missing_weights(spec, "Stable Diffusion", e) from e
+
+
 # ----------------------------------------------------------------------------------------- tiny
 
 
@@ -166,17 +263,21 @@ def _ensure_tiny(kind: str, build) -> Path:
     import data_modules.synthetic as synthetic
 
     recipe = json.dumps({"kind": kind, "gpt2": TINY_GPT2, "vocab": TINY_GPT2_VOCAB, "clip": TINY_CLIP,
-                         "seed": TINY_SEED, "corpus": len(synthetic.tokenizer_corpus())}, sort_keys=True)
+                         "unet": TINY_UNET, "vae": TINY_VAE, "text": TINY_TEXT, "seed": TINY_SEED,
+                         "corpus": len(synthetic.tokenizer_corpus())}, sort_keys=True)
     directory = home() / "backbones" / f"tiny-{kind}-{hashlib.sha1(recipe.encode()).hexdigest()[:10]}"
     if directory.is_dir():
         return directory
+    import shutil
+
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    build(tmp)
     try:
+        build(tmp)
         tmp.rename(directory)
-    except OSError:  # another process finished first; its copy is identical
-        import shutil
-
+    except OSError:
+        if not directory.is_dir():  # a real failure, not another process finishing first
+            raise
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory

@@ -24,15 +24,15 @@ def file_signature(path: Path) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
-class _Files(Dataset):
-    def __init__(self, paths: list[Path], load: Callable[[Path], torch.Tensor]) -> None:
-        self.paths, self.load = paths, load
+class _Items(Dataset):
+    def __init__(self, items: list[tuple[str, Path]], load: Callable[[str, Path], torch.Tensor]) -> None:
+        self.items, self.load = items, load
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.items)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return self.load(self.paths[index])
+        return self.load(*self.items[index])
 
 
 class FeatureCache:
@@ -54,11 +54,13 @@ class FeatureCache:
         torch.save({"key": self.key, "features": features}, tmp)
         os.replace(tmp, self.path)  # atomic: readers see the old or the new file, never half of one
 
-    def get(self, paths: dict[str, Path], load: Callable[[Path], torch.Tensor],
+    def get(self, paths: dict[str, Path], load: Callable[[str, Path], torch.Tensor],
             encode: Callable[[torch.Tensor], torch.Tensor], *, batch_size: int = 64, num_workers: int = 0,
             writer: bool = True, barrier: Callable[[], None] = lambda: None) -> dict[str, torch.Tensor]:
-        """Features for every id in `paths`, encoding only those not cached (or changed).
+        """Features for every id in `paths`, encoding only those not cached (or whose file changed).
 
+        `load(id, path)` gives the encoder's input for one id; `encode` maps a batch of them to
+        features.
         With several processes, only the `writer` encodes and writes; the others wait at
         `barrier` and read its file.
         """
@@ -67,7 +69,7 @@ class FeatureCache:
             stale = [i for i, p in paths.items() if i not in cached or cached[i][0] != file_signature(p)]
             if stale:
                 log.info("feature cache %s: encoding %d of %d images", self.path, len(stale), len(paths))
-                loader = DataLoader(_Files([paths[i] for i in stale], load), batch_size=batch_size,
+                loader = DataLoader(_Items([(i, paths[i]) for i in stale], load), batch_size=batch_size,
                                     num_workers=num_workers)
                 encoded = torch.cat([encode(images).float().cpu() for images in loader])
                 for i, feature in zip(stale, encoded, strict=True):

@@ -222,7 +222,7 @@ class CLIPStoryteller(TextGenerationModule):
         strategy = self.trainer.strategy
         self.clip.to(strategy.root_device)
         cache = FeatureCache(home() / "features", f"{fingerprint(self.clip)}/{datamodule.preprocessing_key}")
-        return cache.get(datamodule.image_paths(stage), datamodule.load_image,
+        return cache.get(datamodule.image_paths(stage), datamodule.load_photo,
                          lambda images: self.encode_images(images.unsqueeze(1).to(strategy.root_device))[:, 0],
                          num_workers=datamodule.hparams.num_workers,
                          writer=self.trainer.is_global_zero, barrier=strategy.barrier)
@@ -249,13 +249,3 @@ class CLIPStoryteller(TextGenerationModule):
         return [{"story_id": sid, "photo_ids": p, "story": s, "references": r}
                 for sid, p, s, r in zip(batch["story_id"], batch["photo_ids"], stories, batch["references"],
                                         strict=True)]
-
-    # The frozen CLIP is rebuilt from its spec at load time, so checkpoints leave it out
-    # (ViT-B/32 would add 350 MB to every checkpoint).
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("clip.")}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.clip is not None:
-            checkpoint["state_dict"].update({f"clip.{k}": v for k, v in self.clip.state_dict().items()})
