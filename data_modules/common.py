@@ -53,10 +53,12 @@ class SplitDataModule(L.LightningDataModule):
                     raise VisionTalesError(report.problem)
                 self.datasets[split], self.reports[split] = dataset, report
 
-    def drop_images(self) -> None:
-        """Serve no image data at all (for models that do not look at the images)."""
-        for dataset in self.datasets.values():
-            dataset.image_source = "none"
+    def drop_images(self, splits: list[str] | None = None) -> None:
+        """Serve no image data in these splits (default: all), for models that do not look at the
+        images or read them from a cache."""
+        for split, dataset in self.datasets.items():
+            if splits is None or split in splits:
+                dataset.image_source = "none"
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle,

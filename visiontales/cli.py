@@ -31,6 +31,7 @@ Other commands:
   data synth   write a synthetic dataset in the real on-disk layout
   data check   validate a dataset folder and report what is kept and dropped
   tell         print a story for three image files with a trained CLIPStoryteller
+  export-lora  write a LoRADiffusionVisualizer's adapters in diffusers' LoRA format
 """
 
 LOGGER_DEFAULT = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -139,6 +140,24 @@ def tell_command(args: list[str]) -> int:
     return 0
 
 
+def export_lora_command(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="visiontales export-lora",
+        description="Write a LoRADiffusionVisualizer checkpoint's adapters as pytorch_lora_weights.safetensors, "
+                    "which StableDiffusionPipeline.load_lora_weights(OUT) loads into a pipeline of the same base.")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a LoRADiffusionVisualizer checkpoint (.ckpt)")
+    parser.add_argument("--out", type=Path, required=True, help="folder to write (created)")
+    opts = parser.parse_args(args)
+
+    from visiontales.models.lora_diffusion import LoRADiffusionVisualizer
+
+    if not opts.checkpoint.is_file():
+        raise VisionTalesError(f"{opts.checkpoint}: file not found")
+    path = load_checkpoint(LoRADiffusionVisualizer, opts.checkpoint).export_lora(opts.out)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
 def load_checkpoint(cls, path: Path):
     """`cls.load_from_checkpoint` on the CPU, with a one-line error for a file that is no checkpoint."""
     import pickle
@@ -184,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             return data_command(args[1:])
         if args[0] == "tell":
             return tell_command(args[1:])
+        if args[0] == "export-lora":
+            return export_lora_command(args[1:])
         if args[0] not in LIGHTNING_COMMANDS:
             raise VisionTalesError(f"unknown command '{args[0]}' (see `visiontales --help`)")
         run_lightning(None if argv is None else args)

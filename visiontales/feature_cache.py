@@ -19,13 +19,16 @@ from torch.utils.data import DataLoader, Dataset
 log = logging.getLogger(__name__)
 
 
-def file_signature(path: Path) -> tuple[int, int]:
+def file_signature(path: Path | None) -> tuple[int, int]:
+    """(size, mtime) of the source file; (0, 0) for entries keyed by their content (no file)."""
+    if path is None:
+        return 0, 0
     stat = path.stat()
     return stat.st_size, stat.st_mtime_ns
 
 
 class _Items(Dataset):
-    def __init__(self, items: list[tuple[str, Path]], load: Callable[[str, Path], torch.Tensor]) -> None:
+    def __init__(self, items: list[tuple[str, Path | None]], load: Callable[[str, Path], torch.Tensor]) -> None:
         self.items, self.load = items, load
 
     def __len__(self) -> int:
@@ -54,7 +57,7 @@ class FeatureCache:
         torch.save({"key": self.key, "features": features}, tmp)
         os.replace(tmp, self.path)  # atomic: readers see the old or the new file, never half of one
 
-    def get(self, paths: dict[str, Path], load: Callable[[str, Path], torch.Tensor],
+    def get(self, paths: dict[str, Path | None], load: Callable[[str, Path | None], torch.Tensor],
             encode: Callable[[torch.Tensor], torch.Tensor], *, batch_size: int = 64, num_workers: int = 0,
             writer: bool = True, barrier: Callable[[], None] = lambda: None) -> dict[str, torch.Tensor]:
         """Features for every id in `paths`, encoding only those not cached (or whose file changed).

@@ -1,0 +1,166 @@
+import lightning as L
+import pytest
+import torch
+
+from visiontales.models.lora_diffusion import LoRADiffusionVisualizer
+
+CAPTIONS = ["Fred is walking in the yard.", "Wilma and Betty are talking in the kitchen."]
+
+
+@pytest.fixture(scope="module")
+def visualizer():
+    torch.manual_seed(0)
+    return LoRADiffusionVisualizer(sd="tiny", lora_rank=4, lora_alpha=32, resolution=32,
+                                   num_inference_steps=3, guidance_scale=1.0)
+
+
+def _batch(n=2, size=32):
+    return {"texts": [CAPTIONS + CAPTIONS + CAPTIONS[:1]] * n, "prefix_len": [1] * n,
+            "images": torch.rand(n, 5, 3, size, size) * 2 - 1, "story_id": [str(i) for i in range(n)]}
+
+
+def _unet_output(model, scale, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn(1, 4, 16, 16, generator=g)
+    states = model.encode_captions(CAPTIONS[:1])
+    with torch.no_grad():
+        return model.sd.unet(latents, torch.tensor([500]), encoder_hidden_states=states,
+                             cross_attention_kwargs={"scale": scale}).sample
+
+
+def _nonzero_lora(model):
+    with torch.no_grad():  # gaussian init leaves B = 0: give the adapters an effect to test
+        for name, p in model.sd.unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+
+
+def test_only_lora_weights_are_trainable_and_change():
+    torch.manual_seed(0)
+    model = LoRADiffusionVisualizer(sd="tiny", lora_rank=4, resolution=32, lr=1e-2)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names and all("lora_A" in n or "lora_B" in n for n in names)
+    assert all(any(t in n for t in ("to_q", "to_k", "to_v")) for n in names)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = model.configure_optimizers()
+    loss = model.diffusion_loss(*model.targets(_batch()))
+    loss.backward()
+    optimizer.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= names
+
+
+def test_lora_scale_zero_is_the_base_unet_and_inference_alpha_matters(visualizer):
+    _nonzero_lora(visualizer)
+    with_lora = _unet_output(visualizer, scale=1.0)
+    off = _unet_output(visualizer, scale=0.0)
+    visualizer.sd.unet.disable_adapters()
+    base = _unet_output(visualizer, scale=1.0)
+    visualizer.sd.unet.enable_adapters()
+    assert torch.allclose(off, base, atol=1e-6)
+    assert not torch.allclose(with_lora, base, atol=1e-4)
+    # alpha 10 with training alpha 32: scale 10/32, between the base and the full update
+    frames_32 = visualizer.generate(CAPTIONS, seeds=[0, 1], lora_alpha=32)
+    frames_10 = visualizer.generate(CAPTIONS, seeds=[0, 1], lora_alpha=10)
+    frames_0 = visualizer.generate(CAPTIONS, seeds=[0, 1], lora_alpha=0)
+    assert frames_10.shape == (2, 3, 32, 32)
+    assert not torch.allclose(frames_32, frames_10) and not torch.allclose(frames_10, frames_0)
+    assert torch.equal(visualizer.generate(CAPTIONS, seeds=[0, 1], lora_alpha=10), frames_10)  # seeded
+
+
+def test_loss_falls_on_an_overfit_batch():
+    torch.manual_seed(0)
+    model = LoRADiffusionVisualizer(sd="tiny", lora_rank=8, resolution=32, lr=5e-3,
+                                    target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    batch = _batch()
+    latents, states = model.targets(batch)
+    optimizer = model.configure_optimizers()
+    losses = []
+    for step in range(120):
+        loss = model.diffusion_loss(latents, states, generator=torch.Generator().manual_seed(step % 4))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-4:]) < 0.85 * sum(losses[:4])  # same noise and timesteps: a steady fall
+
+
+def test_checkpoint_holds_only_adapters_and_resume_restores_them(flintstones_root, tmp_path):
+    from data_modules.flintstones import FlintstonesSVDataModule
+
+    def fit(max_steps, ckpt_path=None):
+        model = LoRADiffusionVisualizer(sd="tiny", resolution=32, lr=1e-2, val_samples=0)
+        trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, limit_val_batches=0, logger=False,
+                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+        trainer.fit(model, FlintstonesSVDataModule(str(flintstones_root), resolution=32, batch_size=2),
+                    ckpt_path=ckpt_path)
+        return model, trainer
+
+    model, trainer = fit(3)
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    checkpoint = torch.load(tmp_path / "a.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["state_dict"] and all("lora_" in k for k in checkpoint["state_dict"])
+    assert len(checkpoint["state_dict"]) == len(model.lora_parameters)
+    lora = {k: v.clone() for k, v in model.state_dict().items() if "lora_" in k}
+    resumed = LoRADiffusionVisualizer.load_from_checkpoint(tmp_path / "a.ckpt", map_location="cpu")
+    assert all(torch.equal(resumed.state_dict()[k], v) for k, v in lora.items())
+    # fit --ckpt_path: the adapters and the optimizer continue, not restart from random
+    continued, trainer = fit(4, ckpt_path=tmp_path / "a.ckpt")
+    assert trainer.global_step == 4
+    assert any(not torch.equal(continued.state_dict()[k], v) for k, v in lora.items())
+
+
+def test_export_loads_into_a_diffusers_pipeline_with_the_same_output(visualizer, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from visiontales.backbones import home
+
+    _nonzero_lora(visualizer)
+    visualizer.export_lora(tmp_path / "lora")
+    base = next((home() / "backbones").glob("tiny-sd-*"))
+    pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None)
+    pipe.load_lora_weights(tmp_path / "lora")
+    for scale in (1.0, 10 / 32):
+        g = torch.Generator().manual_seed(0)
+        latents = torch.randn(1, 4, 16, 16, generator=g)
+        states = visualizer.encode_captions(CAPTIONS[:1])
+        with torch.no_grad():
+            theirs = pipe.unet(latents, torch.tensor([500]), encoder_hidden_states=states,
+                               cross_attention_kwargs={"scale": scale}).sample
+        assert torch.allclose(theirs, _unet_output(visualizer, scale), atol=1e-5)
+
+
+def test_half_precision_keeps_adapters_fp32(flintstones_root, tmp_path):
+    from data_modules.flintstones import FlintstonesSVDataModule
+
+    model = LoRADiffusionVisualizer(sd="tiny", resolution=32, val_samples=0)
+    trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", max_steps=2, limit_val_batches=0, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, FlintstonesSVDataModule(str(flintstones_root), resolution=32, batch_size=2))
+    assert all(p.dtype == torch.float32 for p in model.lora_parameters)
+    assert model.sd.vae.dtype == model.sd.text_encoder.dtype == torch.bfloat16
+    assert all(p.dtype == torch.bfloat16 for n, p in model.sd.unet.named_parameters() if "lora_" not in n)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_cache_serves_the_same_latents_and_skips_the_encoders(flintstones_root, tmp_path, monkeypatch):
+    from data_modules.flintstones import FlintstonesSVDataModule
+
+    monkeypatch.setenv("VISIONTALES_HOME", str(tmp_path / "home"))
+    model = LoRADiffusionVisualizer(sd="tiny", resolution=32, cache=True, val_samples=0)
+    dm = FlintstonesSVDataModule(str(flintstones_root), resolution=32, batch_size=2)
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, dm)
+    n_clips = len({c for split in ("train", "val") for s in dm.datasets[split].stories for c in s})
+    assert len(model.latent_cache) == 5 * n_clips
+    assert "images" not in dm.datasets["train"][0] and "images" in dm.datasets["val"][0]
+    item = dm.datasets["val"][0]
+    key = f"{item['clip_ids'][0]}#{int(item['frame_index'][0])}"
+    assert torch.allclose(model.latent_cache[key], model.encode_frames(item["images"][:1])[0], atol=1e-5)
+    calls = []
+    monkeypatch.setattr(model.sd.vae, "encode", lambda *a, **k: calls.append("vae"))
+    monkeypatch.setattr(model.sd.text_encoder, "forward", lambda *a, **k: calls.append("text"))
+    batch = next(iter(dm.train_dataloader()))
+    latents, states = model.targets(batch)
+    assert calls == [] and latents.shape == (2, 4, 16, 16) and states.shape[1:] == (77, 32)
