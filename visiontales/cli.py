@@ -28,6 +28,7 @@ Training and evaluation (LightningCLI; `visiontales <command> --help` lists ever
   predict    write predictions.json:   visiontales predict --config X.yaml --ckpt_path CKPT
 
 Other commands:
+  story        continue a story: captioner and visualizer alternate (SAGANets), storyboard.png
   data synth   write a synthetic dataset in the real on-disk layout
   data check   validate a dataset folder and report what is kept and dropped
   tell         print a story for three image files with a trained CLIPStoryteller
@@ -119,6 +120,7 @@ def tell_command(args: list[str]) -> int:
     import torch
 
     from data_modules.vist import clip_transform, load_image
+    from visiontales.models.common import load_checkpoint
     from visiontales.models.storyteller import CLIPStoryteller
 
     for path in [opts.checkpoint, *opts.images]:
@@ -140,6 +142,46 @@ def tell_command(args: list[str]) -> int:
     return 0
 
 
+def story_command(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="visiontales story",
+        description="SAGANets: the captioner writes caption k+1, the visualizer draws frame k+1, until N frames; "
+                    "writes storyboard.png, frame_XX.png and story.json under --out.")
+    parser.add_argument("--captioner", type=Path, required=True, help="a SAGANetsCaptioner checkpoint")
+    parser.add_argument("--visualizer", type=Path, required=True, help="a LoRADiffusionVisualizer checkpoint")
+    start = parser.add_mutually_exclusive_group(required=True)
+    start.add_argument("--first-caption", help="start from this caption alone")
+    start.add_argument("--prefix", type=Path, help='JSON list of {"caption": ..., "frame": "image path"} '
+                                                   "(frames optional, relative to the JSON file)")
+    parser.add_argument("--frames", type=int, default=5, help="frames in the finished story")
+    parser.add_argument("--out", type=Path, required=True, help="folder to write (created)")
+    parser.add_argument("--lora-alpha", type=float, help="LoRA alpha to draw with (default: the checkpoint's)")
+    parser.add_argument("--continuity-strength", type=float,
+                        help="start each frame from the previous frame's latent re-noised to this fraction "
+                             "of the schedule (0-1; default: off)")
+    parser.add_argument("--seed", type=int, default=0, help="frame i is drawn with seed + i")
+    opts = parser.parse_args(args)
+
+    from visiontales.models.captioner import SAGANetsCaptioner
+    from visiontales.models.common import load_checkpoint
+    from visiontales.models.lora_diffusion import LoRADiffusionVisualizer
+    from visiontales.pipeline import SAGANetsPipeline, read_prefix, write_story
+
+    for path in (opts.captioner, opts.visualizer):
+        if not path.is_file():
+            raise VisionTalesError(f"{path}: file not found")
+    captions, frames = ([opts.first_caption], []) if opts.first_caption else read_prefix(opts.prefix)
+    pipeline = SAGANetsPipeline(load_checkpoint(SAGANetsCaptioner, opts.captioner),
+                                load_checkpoint(LoRADiffusionVisualizer, opts.visualizer),
+                                opts.lora_alpha, opts.continuity_strength)
+    story = pipeline(captions, frames, opts.frames, seed=opts.seed)
+    board = write_story(story, opts.out, {"captioner": str(opts.captioner), "visualizer": str(opts.visualizer)})
+    for i, caption in enumerate(story.captions):
+        print(f"{i + 1}. {'(given) ' if story.given_captions[i] else ''}{caption}")
+    print(f"wrote {board}")
+    return 0
+
+
 def export_lora_command(args: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="visiontales export-lora",
@@ -149,6 +191,7 @@ def export_lora_command(args: list[str]) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder to write (created)")
     opts = parser.parse_args(args)
 
+    from visiontales.models.common import load_checkpoint
     from visiontales.models.lora_diffusion import LoRADiffusionVisualizer
 
     if not opts.checkpoint.is_file():
@@ -156,17 +199,6 @@ def export_lora_command(args: list[str]) -> int:
     path = load_checkpoint(LoRADiffusionVisualizer, opts.checkpoint).export_lora(opts.out)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0
-
-
-def load_checkpoint(cls, path: Path):
-    """`cls.load_from_checkpoint` on the CPU, with a one-line error for a file that is no checkpoint."""
-    import pickle
-    import zipfile
-
-    try:
-        return cls.load_from_checkpoint(path, map_location="cpu").eval()
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, KeyError) as e:
-        raise VisionTalesError(f"{path}: not a readable {cls.__name__} checkpoint ({type(e).__name__}: {e})") from e
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -203,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             return data_command(args[1:])
         if args[0] == "tell":
             return tell_command(args[1:])
+        if args[0] == "story":
+            return story_command(args[1:])
         if args[0] == "export-lora":
             return export_lora_command(args[1:])
         if args[0] not in LIGHTNING_COMMANDS:

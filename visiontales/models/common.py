@@ -3,6 +3,8 @@ logging, prediction files, decoding options, and AdamW with linear warm-up."""
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +14,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from visiontales.callbacks import JSONPredictionWriter, TextSamples
+from visiontales.errors import VisionTalesError
 
 
 def decoding_options(decoding: str, num_beams: int, top_p: float, temperature: float) -> dict[str, Any]:
@@ -108,3 +111,11 @@ class TextGenerationModule(TrainableWeightsCheckpoint):
             TextSamples(self.hparams.samples_to_log),
             JSONPredictionWriter(),
         ]
+
+
+def load_checkpoint(cls: type[L.LightningModule], path) -> L.LightningModule:
+    """`cls.load_from_checkpoint` on the CPU, with a one-line error for a file that is no checkpoint."""
+    try:
+        return cls.load_from_checkpoint(path, map_location="cpu").eval()
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, KeyError) as e:
+        raise VisionTalesError(f"{path}: not a readable {cls.__name__} checkpoint ({type(e).__name__}: {e})") from e

@@ -1,0 +1,221 @@
+"""The SAGANets story loop (shared/papers/saganets.md, sections 4 and 5.1): from a prefix of k
+caption-frame pairs (k may be 0, a first caption alone), the captioner writes caption k+1, the
+visualizer draws frame k+1, and the two alternate until the story has N frames.
+
+Beyond the paper (off by default): `continuity_strength` starts each frame's denoising from the
+previous frame's latent, re-noised to that fraction of the schedule (img2img), so that frames
+carry each other's look.
+
+Outputs a person can look at: `storyboard.png` (frames in a row, each caption under its frame,
+the given prefix framed in green and marked "given") and `story.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+
+from visiontales.errors import VisionTalesError
+
+PANEL = 256  # storyboard frame side in pixels
+GIVEN, DRAWN = (40, 170, 60), (150, 150, 150)
+
+
+@dataclass
+class Story:
+    captions: list[str]
+    given_captions: list[bool]
+    given_frames: list[bool]
+    frames: torch.Tensor  # (N, 3, S, S) in [-1, 1]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+class SAGANetsPipeline:
+    """Alternates a captioner (`next_captions`) and a visualizer (`generate`)."""
+
+    def __init__(self, captioner, visualizer, lora_alpha: float | None = None,
+                 continuity_strength: float | None = None) -> None:
+        if continuity_strength is not None and not 0.0 < continuity_strength <= 1.0:
+            raise VisionTalesError(f"continuity strength must be within (0, 1], got {continuity_strength}")
+        self.captioner, self.visualizer = captioner, visualizer
+        self.lora_alpha, self.continuity_strength = lora_alpha, continuity_strength
+
+    def draw(self, caption: str, seed: int, previous: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(frame (3, S, S), its latent (C, h, w)), continuing from `previous` latents if asked."""
+        options: dict[str, Any] = {"lora_alpha": self.lora_alpha, "return_latents": True}
+        if previous is not None and self.continuity_strength is not None:
+            options.update(init_latents=previous[None], strength=self.continuity_strength)
+        frames, latents = self.visualizer.generate([caption], seeds=[seed], **options)
+        return frames[0], latents[0]
+
+    def encode(self, frame: torch.Tensor) -> torch.Tensor:
+        vis = self.visualizer
+        posterior = vis.encode_frames(frame[None])
+        return vis.sample_latents(posterior.float())[0]
+
+    @torch.no_grad()
+    def __call__(self, captions: list[str], frames: list[torch.Tensor] | None = None, n_frames: int = 5,
+                 seed: int = 0) -> Story:
+        """Continue a story given `captions` (at least one) and the first len(frames) of their
+        frames (none, some or all), until it has `n_frames` frames."""
+        frames = list(frames or [])
+        if not captions:
+            raise VisionTalesError("a story needs at least one caption to start from")
+        if len(frames) > len(captions):
+            raise VisionTalesError(f"{len(frames)} frames given for {len(captions)} captions")
+        if n_frames < len(captions):
+            raise VisionTalesError(f"--frames {n_frames} is fewer than the {len(captions)} captions given")
+        size = self.visualizer.hparams.resolution
+        frames = [F.interpolate(f[None].float(), size=(size, size), mode="bilinear", antialias=True)[0]
+                  for f in frames]
+        story = list(captions)
+        given_captions = [True] * len(captions) + [False] * (n_frames - len(captions))
+        given_frames = [True] * len(frames) + [False] * (n_frames - len(frames))
+        previous = self.encode(frames[-1]) if frames else None
+        for step in range(len(frames), n_frames):
+            if step >= len(story):
+                story.append(self.captioner.continue_story(story, 1)[0])
+            frame, previous = self.draw(story[step], seed + step, previous)
+            frames.append(frame.cpu())
+        settings = {"seed": seed, "frames": n_frames, "lora_alpha": self.lora_alpha,
+                    "continuity_strength": self.continuity_strength, "resolution": size}
+        return Story(story, given_captions, given_frames, torch.stack([f.cpu() for f in frames]), settings)
+
+
+def read_prefix(path: Path) -> tuple[list[str], list[torch.Tensor]]:
+    """Captions and frames (3xHxW in [-1, 1]) from a prefix JSON: [{"caption": ..., "frame": ...}].
+    Frames are optional but must come first: step i can have a frame only if steps < i have."""
+    try:
+        steps = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise VisionTalesError(f"{path}: file not found") from e
+    except json.JSONDecodeError as e:
+        raise VisionTalesError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
+    if not isinstance(steps, list) or not steps or not all(isinstance(s, dict) and s.get("caption") for s in steps):
+        raise VisionTalesError(f'{path}: expected a non-empty list of {{"caption": "...", "frame": "..."}}')
+    captions, frames = [s["caption"] for s in steps], []
+    for i, step in enumerate(steps):
+        if not step.get("frame"):
+            if any(s.get("frame") for s in steps[i:]):
+                raise VisionTalesError(f"{path}: step {i + 1} has no frame but a later step has one")
+            break
+        image_path = (path.parent / step["frame"]).resolve()
+        try:
+            with Image.open(image_path) as img:
+                pixels = torch.from_numpy(np.asarray(img.convert("RGB")).copy())
+        except (FileNotFoundError, OSError) as e:
+            raise VisionTalesError(f"{image_path}: cannot read the frame of step {i + 1} ({e})") from e
+        frames.append(pixels.permute(2, 0, 1).float() / 127.5 - 1.0)
+    return captions, frames
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def storyboard(story: Story) -> Image.Image:
+    """The frames in a row, each caption wrapped under its frame; given steps framed green."""
+    n, pad, line = len(story.captions), 12, 18
+    wrapped = [textwrap.wrap(c, 30) or [""] for c in story.captions]
+    text_h = line * (max(map(len, wrapped)) + 1)
+    board = Image.new("RGB", (n * (PANEL + pad) + pad, PANEL + 2 * pad + text_h), "white")
+    draw = ImageDraw.Draw(board)
+    font = _font(14)
+    for i, (frame, lines) in enumerate(zip(story.frames, wrapped, strict=True)):
+        x = pad + i * (PANEL + pad)
+        pixels = ((frame.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        board.paste(Image.fromarray(pixels).resize((PANEL, PANEL), Image.NEAREST), (x, pad))
+        colour = GIVEN if story.given_frames[i] else DRAWN
+        draw.rectangle([x - 3, pad - 3, x + PANEL + 2, pad + PANEL + 2], outline=colour, width=3)
+        label = f"{i + 1}: " + ("given" if story.given_frames[i] else
+                                "drawn for given caption" if story.given_captions[i] else "generated")
+        draw.text((x, pad + PANEL + 4), label, fill=colour, font=font)
+        for j, text in enumerate(lines):
+            draw.text((x, pad + PANEL + 4 + line * (j + 1)), text, fill="black", font=font)
+    return board
+
+
+def write_story(story: Story, out: Path, extra: dict[str, Any] | None = None) -> Path:
+    """storyboard.png, frame_XX.png and story.json under `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    storyboard(story).save(out / "storyboard.png")
+    names = []
+    for i, frame in enumerate(story.frames):
+        pixels = ((frame.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        names.append(f"frame_{i:02d}.png")
+        Image.fromarray(pixels).save(out / names[-1])
+    record = {k: v for k, v in asdict(story).items() if k != "frames"}
+    record.update(frames=names, settings={**story.settings, **(extra or {})})
+    (out / "story.json").write_text(json.dumps(record, indent=1))
+    return out / "storyboard.png"
+
+
+class SAGANetsStories(L.LightningModule):
+    """`visiontales predict` over FlintstonesSV stories: for each story, its first k captions and
+    frames are the prefix (k from the data module) and the pipeline completes it to `frames`
+    frames, writing storyboard.png, frame_XX.png and story.json under <run>/stories/<story_id>/."""
+
+    def __init__(self, captioner_checkpoint: str, visualizer_checkpoint: str, frames: int = 5,
+                 lora_alpha: float | None = None, continuity_strength: float | None = None, seed: int = 0) -> None:
+        """
+        Args:
+            captioner_checkpoint: a trained SAGANetsCaptioner (.ckpt).
+            visualizer_checkpoint: a trained LoRADiffusionVisualizer (.ckpt).
+            frames: frames per story.
+            lora_alpha: LoRA alpha to draw with (default: the visualizer's inference_lora_alpha).
+            continuity_strength: start each frame from the previous one's latent re-noised to this
+                fraction of the schedule (None: off, every frame from pure noise).
+            seed: frame i of every story is drawn with seed + i.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        for path in (captioner_checkpoint, visualizer_checkpoint):
+            if not Path(path).is_file():
+                raise VisionTalesError(f"{path}: checkpoint not found")
+        self.pipeline: SAGANetsPipeline | None = None
+
+    def configure_model(self) -> None:
+        """Load both checkpoints here, not in __init__: LightningCLI instantiates this module in a
+        context that would hand its own init arguments to their `save_hyperparameters`."""
+        if self.pipeline is not None:
+            return
+        from visiontales.models.captioner import SAGANetsCaptioner
+        from visiontales.models.common import load_checkpoint
+        from visiontales.models.lora_diffusion import LoRADiffusionVisualizer
+
+        h = self.hparams
+        self.captioner = load_checkpoint(SAGANetsCaptioner, Path(h.captioner_checkpoint))
+        self.visualizer = load_checkpoint(LoRADiffusionVisualizer, Path(h.visualizer_checkpoint))
+        self.pipeline = SAGANetsPipeline(self.captioner, self.visualizer, h.lora_alpha, h.continuity_strength)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        records = []
+        out = Path(self.trainer.log_dir or ".") / "stories"
+        for i, story_id in enumerate(batch["story_id"]):
+            k = batch["prefix_len"][i]
+            texts = batch["texts"][i]
+            # k given pairs, then the first caption alone when k is 0 (the pipeline needs a start)
+            captions = texts[: max(k, 1)]
+            frames = list(batch["images"][i][:k]) if "images" in batch else []
+            story = self.pipeline(captions, frames, self.hparams.frames, seed=self.hparams.seed)
+            write_story(story, out / story_id, {"story_id": story_id, "reference_captions": texts})
+            records.append({"story_id": story_id, "given": k, "captions": story.captions,
+                            "storyboard": str(out / story_id / "storyboard.png")})
+        return records
+
+    def configure_callbacks(self):
+        from visiontales.callbacks import JSONPredictionWriter
+
+        return [JSONPredictionWriter(show=1)]
