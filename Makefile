@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 VT := $(BIN)/visiontales
 # Synthetic data and tiny backbones for the demo live inside the checkout (both ignored by git).
 DEMO_DATA ?= data/vist-synthetic
+DEMO_FLINTSTONES ?= data/flintstones-synthetic
 export VISIONTALES_HOME ?= $(CURDIR)/.cache/visiontales
 
 .PHONY: help install test demo tensorboard lint clean
@@ -24,7 +25,7 @@ $(STAMP): pyproject.toml constraints.txt
 test: install ## run the test suite (offline, CPU)
 	$(BIN)/python -m pytest
 
-demo: install ## synthetic VIST -> train the storyteller (prefix) on the CPU -> stories next to references
+demo: install ## the storyteller (VIST) and SAGANets (FlintstonesSV) trained on synthetic data on the CPU
 	$(VT) data synth --dataset vist --out $(DEMO_DATA) --seed 0
 	$(VT) data check --dataset vist --root $(DEMO_DATA)
 	$(VT) fit --config experiments/tiny/clip_storyteller_prefix.yaml \
@@ -32,10 +33,20 @@ demo: install ## synthetic VIST -> train the storyteller (prefix) on the CPU -> 
 	$(VT) predict --config experiments/tiny/clip_storyteller_prefix.yaml \
 		--data.init_args.root $(DEMO_DATA) --trainer.logger.init_args.version demo-predict \
 		--ckpt_path runs/tiny_clip_storyteller_prefix/demo/checkpoints/last.ckpt
+	$(VT) data synth --dataset flintstones --out $(DEMO_FLINTSTONES) --seed 0
+	$(VT) data check --dataset flintstones --root $(DEMO_FLINTSTONES)
+	$(VT) fit --config experiments/tiny/sagan_captioner.yaml \
+		--data.init_args.root $(DEMO_FLINTSTONES) --trainer.logger.init_args.version demo
+	$(VT) fit --config experiments/tiny/sagan_lora.yaml \
+		--data.init_args.root $(DEMO_FLINTSTONES) --trainer.logger.init_args.version demo
+	$(VT) story --captioner runs/tiny_sagan_captioner/demo/checkpoints/last.ckpt \
+		--visualizer runs/tiny_sagan_lora/demo/checkpoints/last.ckpt \
+		--first-caption "Fred and Barney are talking in the quarry." --frames 5 --out runs/demo-story
 	@echo
-	@echo "TensorBoard logs (train/loss, val/bleu1..4, val/meteor, val/rougeL, val/cider, text samples):"
-	@echo "  runs/tiny_clip_storyteller_prefix/demo"
-	@echo "Open them with:  make tensorboard   (then browse http://localhost:6006)"
+	@echo "TensorBoard logs (loss curves, val metrics, text samples, frame grids):"
+	@echo "  runs/tiny_clip_storyteller_prefix/demo   runs/tiny_sagan_captioner/demo   runs/tiny_sagan_lora/demo"
+	@echo "SAGANets storyboard: runs/demo-story/storyboard.png"
+	@echo "Open the logs with:  make tensorboard   (then browse http://localhost:6006)"
 
 tensorboard: install ## serve the TensorBoard logs under runs/ on port 6006
 	$(BIN)/tensorboard --logdir runs --port 6006

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+from timing import StepTimer
 
 
 def loader_stories_per_second(root: Path, batch_size: int, batches: int, images: bool) -> float:
@@ -33,19 +34,6 @@ def loader_stories_per_second(root: Path, batch_size: int, batches: int, images:
     return stories / (time.perf_counter() - start)
 
 
-class StepTimer(L.Callback):
-    def __init__(self, skip: int = 5) -> None:
-        self.skip, self.times = skip, []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.times.append(time.perf_counter())
-
-    @property
-    def steps_per_second(self) -> float:
-        times = self.times[self.skip:]
-        return (len(times) - 1) / (times[-1] - times[0])
-
-
 def captioner_steps_per_second(root: Path, batch_size: int, steps: int) -> float:
     from data_modules.flintstones import FlintstonesSVDataModule
     from visiontales.models.captioner import SAGANetsCaptioner
@@ -57,7 +45,7 @@ def captioner_steps_per_second(root: Path, batch_size: int, steps: int) -> float
                         callbacks=[timer])
     trainer.fit(SAGANetsCaptioner(gpt2="tiny", lr=1e-3),
                 FlintstonesSVDataModule(str(root), batch_size=batch_size, num_workers=2))
-    return timer.steps_per_second
+    return 1.0 / timer.step_seconds()
 
 
 def main() -> None:
