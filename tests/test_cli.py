@@ -1,3 +1,4 @@
+import importlib
 import json
 import os
 import re
@@ -5,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import yaml
 from conftest import EXPERIMENTS, REPO, tiny_overrides
@@ -27,8 +29,13 @@ def test_every_shipped_config_parses(config, capsys):
         main(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["class_path"].startswith("visiontales.models.")
-    assert printed["data"]["class_path"].startswith("data_modules.")
+
+    def resolve(class_path):
+        module, name = class_path.rsplit(".", 1)
+        return getattr(importlib.import_module(module), name)
+
+    assert issubclass(resolve(printed["model"]["class_path"]), L.LightningModule)
+    assert issubclass(resolve(printed["data"]["class_path"]), L.LightningDataModule)
 
 
 def test_paper_config_holds_the_papers_settings():
