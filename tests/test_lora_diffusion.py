@@ -100,7 +100,7 @@ def test_checkpoint_holds_only_adapters_and_resume_restores_them(flintstones_roo
     trainer.save_checkpoint(tmp_path / "a.ckpt")
     checkpoint = torch.load(tmp_path / "a.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["state_dict"] and all("lora_" in k for k in checkpoint["state_dict"])
-    assert len(checkpoint["state_dict"]) == len(model.lora_parameters)
+    assert len(checkpoint["state_dict"]) == len(model.trainable_parameters)
     lora = {k: v.clone() for k, v in model.state_dict().items() if "lora_" in k}
     resumed = LoRADiffusionVisualizer.load_from_checkpoint(tmp_path / "a.ckpt", map_location="cpu")
     assert all(torch.equal(resumed.state_dict()[k], v) for k, v in lora.items())
@@ -137,7 +137,7 @@ def test_half_precision_keeps_adapters_fp32(flintstones_root, tmp_path):
     trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", max_steps=2, limit_val_batches=0, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(model, FlintstonesSVDataModule(str(flintstones_root), resolution=32, batch_size=2))
-    assert all(p.dtype == torch.float32 for p in model.lora_parameters)
+    assert all(p.dtype == torch.float32 for p in model.trainable_parameters)
     assert model.sd.vae.dtype == model.sd.text_encoder.dtype == torch.bfloat16
     assert all(p.dtype == torch.bfloat16 for n, p in model.sd.unet.named_parameters() if "lora_" not in n)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
@@ -164,3 +164,29 @@ def test_cache_serves_the_same_latents_and_skips_the_encoders(flintstones_root, 
     batch = next(iter(dm.train_dataloader()))
     latents, states = model.targets(batch)
     assert calls == [] and latents.shape == (2, 4, 16, 16) and states.shape[1:] == (77, 32)
+
+
+def test_character_tokens_are_appended_and_trained(tmp_path):
+    torch.manual_seed(0)
+    model = LoRADiffusionVisualizer(sd="tiny", resolution=32, character_tokens=True, lr=1e-2)
+    labels = torch.zeros(2, 7)
+    labels[0, 1] = labels[0, 3] = 1  # Fred, Barney (the labels' order: Wilma, Fred, Betty, Barney, ...)
+    assert model.prompts(["Two friends talk.", "Nobody."], labels) == ["Two friends talk. <fred> <barney>", "Nobody."]
+    assert model.prompts(["Wilma and Mr Slate laugh."]) == ["Wilma and Mr Slate laugh. <wilma> <mr_slate>"]
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("trainable_tokens" in n for n in trainable)
+    assert all("lora_" in n or "trainable_tokens" in n for n in trainable)
+    before = model.encode_captions(["Fred is walking."]).clone()
+    batch = _batch()
+    batch["characters"] = torch.ones(2, 5, 7)
+    optimizer = model.configure_optimizers()
+    model.diffusion_loss(*model.targets(batch)).backward()
+    optimizer.step()
+    after = model.encode_captions(["Fred is walking."])
+    assert not torch.allclose(before, after)  # <fred>'s embedding moved
+    assert torch.equal(model.encode_captions(["Nothing here."]), model.encode_captions(["Nothing here."]))
+    trainer = L.Trainer(accelerator="cpu", logger=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    loaded = LoRADiffusionVisualizer.load_from_checkpoint(tmp_path / "c.ckpt", map_location="cpu")
+    assert torch.allclose(loaded.encode_captions(["Fred is walking."]), after, atol=1e-6)

@@ -23,8 +23,13 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid
 
+from data_modules.flintstones import MAIN_CHARACTERS
 from visiontales.backbones import load_stable_diffusion
+from visiontales.evaluation import named_characters
 from visiontales.models.common import TrainableWeightsCheckpoint
+
+# one added token per main character, in the labels' order: <wilma>, <fred>, ..., <mr_slate>
+CHARACTER_TOKENS = [f"<{name.lower().replace(' ', '_')}>" for name in MAIN_CHARACTERS]
 
 PRECISION_DTYPES = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-mixed": torch.float16,
                     "16-true": torch.float16, "bf16": torch.bfloat16, "16": torch.float16}
@@ -46,6 +51,7 @@ class LoRADiffusionVisualizer(TrainableWeightsCheckpoint):
         noise_offset: float = 0.0,
         snr_gamma: float | None = None,
         caption_dropout: float = 0.0,
+        character_tokens: bool = False,
         sampler: Literal["ddim", "dpm"] = "ddim",
         num_inference_steps: int = 30,
         guidance_scale: float = 7.5,
@@ -70,6 +76,10 @@ class LoRADiffusionVisualizer(TrainableWeightsCheckpoint):
             snr_gamma: Min-SNR-gamma loss weighting (5.0 is the paper's suggestion; None: off).
             caption_dropout: probability of training on the empty caption (for classifier-free
                 guidance at inference).
+            character_tokens: add <wilma>, <fred>, ... to the text encoder's vocabulary and append
+                the tokens of the characters present to every caption (annotated labels in
+                training; the names a caption mentions at inference); their embeddings train with
+                the adapters, the rest of the text encoder stays frozen.
             sampler: "ddim" or "dpm" (DPM-Solver++ multistep) for inference.
             num_inference_steps: denoising steps at inference.
             guidance_scale: classifier-free guidance scale (1.0: no guidance).
@@ -88,10 +98,19 @@ class LoRADiffusionVisualizer(TrainableWeightsCheckpoint):
 
         self.sd.unet.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_alpha, init_lora_weights="gaussian",
                                             target_modules=list(target_modules or ["to_q", "to_k", "to_v"])))
+        if character_tokens:
+            from peft import TrainableTokensConfig, get_peft_model
+
+            self.sd.tokenizer.add_tokens(CHARACTER_TOKENS)
+            self.sd.text_encoder.resize_token_embeddings(len(self.sd.tokenizer), mean_resizing=False)
+            ids = self.sd.tokenizer.convert_tokens_to_ids(CHARACTER_TOKENS)
+            # only these rows train; they replace the (frozen, random) rows of the resized embedding
+            self.sd.text_encoder = get_peft_model(
+                self.sd.text_encoder, TrainableTokensConfig(target_modules=["token_embedding"], token_indices=ids))
         if gradient_checkpointing:
             self.sd.unet.enable_gradient_checkpointing()
         # a list, not a one-shot iterator: the optimizer, gradient clipping and casts all see them
-        self.lora_parameters = [p for p in self.sd.unet.parameters() if p.requires_grad]
+        self.trainable_parameters = [p for p in self.sd.parameters() if p.requires_grad]
         self.latent_cache: dict[str, torch.Tensor] = {}
         self.caption_cache: dict[str, torch.Tensor] = {}
 
@@ -102,13 +121,23 @@ class LoRADiffusionVisualizer(TrainableWeightsCheckpoint):
         alpha = self.hparams.inference_lora_alpha
         return 1.0 if alpha is None else alpha / self.hparams.lora_alpha
 
-    @torch.no_grad()
-    def encode_captions(self, captions: list[str]) -> torch.Tensor:
-        """CLIP text encoder hidden states (B, 77, D) for the captions."""
+    def prompts(self, captions: list[str], characters: torch.Tensor | None = None) -> list[str]:
+        """The text the encoder reads: the caption, then the character tokens if they are on
+        (from `characters` (B, 7) labels, or else from the names each caption mentions)."""
+        if not self.hparams.character_tokens:
+            return list(captions)
+        flags = named_characters(captions) if characters is None else characters
+        return [" ".join([c, *(t for t, on in zip(CHARACTER_TOKENS, row.tolist(), strict=True) if on)]).strip()
+                for c, row in zip(captions, flags, strict=True)]
+
+    def encode_captions(self, captions: list[str], characters: torch.Tensor | None = None,
+                        grad: bool = False) -> torch.Tensor:
+        """CLIP text encoder hidden states (B, 77, D) for the captions (see `prompts`)."""
         tokenizer = self.sd.tokenizer
-        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids.to(self.device)
-        return self.sd.text_encoder(ids)[0]
+        ids = tokenizer(self.prompts(captions, characters), padding="max_length",
+                        max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        with torch.set_grad_enabled(grad):
+            return self.sd.text_encoder(input_ids=ids.to(self.device))[0]
 
     @torch.no_grad()
     def encode_frames(self, images: torch.Tensor) -> torch.Tensor:
@@ -131,12 +160,18 @@ class LoRADiffusionVisualizer(TrainableWeightsCheckpoint):
         else:
             images = torch.stack([images[k] for images, k in zip(batch["images"], ks, strict=True)])
             posterior = self.encode_frames(images)
+        characters = None
+        if "characters" in batch:
+            characters = torch.stack([chars[k] for chars, k in zip(batch["characters"], ks, strict=True)])
         if self.training and self.hparams.caption_dropout:
-            captions = ["" if random.random() < self.hparams.caption_dropout else c for c in captions]
+            keep = [random.random() >= self.hparams.caption_dropout for _ in captions]
+            captions = [c if k else "" for c, k in zip(captions, keep, strict=True)]
+            if characters is not None:
+                characters = characters * torch.tensor(keep, dtype=characters.dtype)[:, None]
         if self.caption_cache:
             states = torch.stack([self.caption_cache[_text_key(c)] for c in captions]).to(self.device)
         else:
-            states = self.encode_captions(captions)
+            states = self.encode_captions(captions, characters, grad=self.training and self.hparams.character_tokens)
         return self.sample_latents(posterior.float()), states
 
     # ---------------------------------------------------------------------------- training
@@ -262,7 +297,7 @@ class LoRADiffusionVisualizer(TrainableWeightsCheckpoint):
             from diffusers.training_utils import cast_training_params
 
             self.sd.to(dtype)
-            cast_training_params(self.sd.unet, dtype=torch.float32)
+            cast_training_params(self.sd, dtype=torch.float32)
         datamodule = getattr(self._trainer, "datamodule", None)
         if self.hparams.cache and stage == "fit" and hasattr(datamodule, "frame_files"):
             self.fill_caches(datamodule, stage)
@@ -280,6 +315,9 @@ class LoRADiffusionVisualizer(TrainableWeightsCheckpoint):
         self.latent_cache = FeatureCache(home() / "latents", vae_key).get(
             datamodule.frame_files(stage), datamodule.load_frame, self.encode_frames,
             num_workers=datamodule.hparams.num_workers, writer=self.trainer.is_global_zero, barrier=strategy.barrier)
+        datamodule.drop_images(["train"])  # validation still shows its ground-truth frames
+        if self.hparams.character_tokens:
+            return  # the caption embeddings change as the character tokens train: nothing to cache
         captions = {c for split in datamodule.splits_for(stage) for story in datamodule.datasets[split].stories
                     for c in (datamodule.index.clips[clip].caption for clip in story)}
         if self.hparams.caption_dropout:
@@ -289,11 +327,12 @@ class LoRADiffusionVisualizer(TrainableWeightsCheckpoint):
         self.caption_cache = FeatureCache(home() / "captions", text_key).get(
             dict.fromkeys(texts), lambda key, _: key, lambda keys: self.encode_captions([texts[k] for k in keys]),
             writer=self.trainer.is_global_zero, barrier=strategy.barrier)
-        datamodule.drop_images(["train"])  # validation still shows its ground-truth frames
 
     def export_lora(self, directory: str | Path) -> Path:
         """Write the adapters as diffusers' `pytorch_lora_weights.safetensors` (with their LoRA
-        config, so alpha / r survives), which `StableDiffusionPipeline.load_lora_weights` reads."""
+        config, so alpha / r survives), which `StableDiffusionPipeline.load_lora_weights` reads.
+        Character-token embeddings, if trained, are not part of that format and stay in the
+        checkpoint."""
         from diffusers import StableDiffusionPipeline
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
@@ -306,7 +345,7 @@ class LoRADiffusionVisualizer(TrainableWeightsCheckpoint):
         return Path(directory) / "pytorch_lora_weights.safetensors"
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.lora_parameters, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return torch.optim.AdamW(self.trainable_parameters, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
     def configure_callbacks(self):
         from lightning.pytorch.callbacks import ModelCheckpoint
