@@ -78,7 +78,9 @@ def test_missing_checkpoint_exits_2_naming_the_path(tmp_path, capsys):
     assert "nope.ckpt: checkpoint not found" in _error_line(capsys)
     image = next(Path(REPO).rglob("*.py"))  # any existing file: the checkpoint is checked first
     assert main(["tell", "--checkpoint", str(tmp_path / "nope.ckpt"), str(image), str(image), str(image)]) == 2
-    assert "nope.ckpt: file not found" in _error_line(capsys)
+    assert "nope.ckpt: checkpoint not found" in _error_line(capsys)
+    assert main(["export-lora", "--checkpoint", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path)]) == 2
+    assert "nope.ckpt: checkpoint not found" in _error_line(capsys)
 
 
 def test_fit_logs_checkpoints_then_tell_and_predict(vist_root, tmp_path, monkeypatch, capsys):

@@ -123,9 +123,6 @@ def tell_command(args: list[str]) -> int:
     from visiontales.models.common import load_checkpoint
     from visiontales.models.storyteller import CLIPStoryteller
 
-    for path in [opts.checkpoint, *opts.images]:
-        if not path.is_file():
-            raise VisionTalesError(f"{path}: file not found")
     model = load_checkpoint(CLIPStoryteller, opts.checkpoint)
     if opts.decoding:
         model.hparams.decoding = opts.decoding
@@ -167,9 +164,6 @@ def story_command(args: list[str]) -> int:
     from visiontales.models.lora_diffusion import LoRADiffusionVisualizer
     from visiontales.pipeline import SAGANetsPipeline, read_prefix, write_story
 
-    for path in (opts.captioner, opts.visualizer):
-        if not path.is_file():
-            raise VisionTalesError(f"{path}: file not found")
     captions, frames = ([opts.first_caption], []) if opts.first_caption else read_prefix(opts.prefix)
     pipeline = SAGANetsPipeline(load_checkpoint(SAGANetsCaptioner, opts.captioner),
                                 load_checkpoint(LoRADiffusionVisualizer, opts.visualizer),
@@ -194,8 +188,6 @@ def export_lora_command(args: list[str]) -> int:
     from visiontales.models.common import load_checkpoint
     from visiontales.models.lora_diffusion import LoRADiffusionVisualizer
 
-    if not opts.checkpoint.is_file():
-        raise VisionTalesError(f"{opts.checkpoint}: file not found")
     path = load_checkpoint(LoRADiffusionVisualizer, opts.checkpoint).export_lora(opts.out)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0

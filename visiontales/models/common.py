@@ -114,7 +114,12 @@ class TextGenerationModule(TrainableWeightsCheckpoint):
 
 
 def load_checkpoint(cls: type[L.LightningModule], path) -> L.LightningModule:
-    """`cls.load_from_checkpoint` on the CPU, with a one-line error for a file that is no checkpoint."""
+    """`cls.load_from_checkpoint` on the CPU, in eval mode, with one-line errors for a checkpoint
+    that does not exist or is not one."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise VisionTalesError(f"{path}: checkpoint not found")
     try:
         return cls.load_from_checkpoint(path, map_location="cpu").eval()
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, KeyError) as e:
