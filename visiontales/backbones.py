@@ -229,26 +229,41 @@ def _build_tiny_sd(directory: Path) -> None:
         "vae": ["diffusers", "AutoencoderKL"]}))
 
 
+def _sd_source(spec: str) -> str:
+    """The hub id or directory to load Stable Diffusion components from (`tiny` built first)."""
+    _quiet()
+    if spec == TINY:
+        return str(_ensure_tiny("sd", _build_tiny_sd))
+    if spec.startswith((".", "/", "~")) and not (Path(spec).expanduser() / "unet").is_dir():
+        raise VisionTalesError(f"{spec}: not a diffusers Stable Diffusion directory (no unet/ inside)")
+    return spec
+
+
 def load_stable_diffusion(spec: str) -> StableDiffusion:
     """UNet, VAE, CLIP text encoder + tokenizer and DDPM noise scheduler for a hub id, a local
     diffusers-layout directory, or `tiny`."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    _quiet()
-    if spec == TINY:
-        spec = str(_ensure_tiny("sd", _build_tiny_sd))
-    elif spec.startswith((".", "/", "~")) and not (Path(spec).expanduser() / "unet").is_dir():
-        raise VisionTalesError(f"{spec}: not a diffusers Stable Diffusion directory (no unet/ inside)")
+    source = _sd_source(spec)
     try:
         return StableDiffusion(
-            UNet2DConditionModel.from_pretrained(spec, subfolder="unet"),
-            AutoencoderKL.from_pretrained(spec, subfolder="vae"),
-            CLIPTextModel.from_pretrained(spec, subfolder="text_encoder"),
-            CLIPTokenizer.from_pretrained(spec, subfolder="tokenizer"),
-            DDPMScheduler.from_pretrained(spec, subfolder="scheduler"))
+            UNet2DConditionModel.from_pretrained(source, subfolder="unet"), load_vae(spec),
+            CLIPTextModel.from_pretrained(source, subfolder="text_encoder"),
+            CLIPTokenizer.from_pretrained(source, subfolder="tokenizer"),
+            DDPMScheduler.from_pretrained(source, subfolder="scheduler"))
     except (OSError, ValueError) as e:
         raise _missing_weights(spec, "Stable Diffusion", e) from e
+
+
+def load_vae(spec: str) -> nn.Module:
+    """Stable Diffusion's VAE alone (same specs as `load_stable_diffusion`)."""
+    from diffusers import AutoencoderKL
+
+    try:
+        return AutoencoderKL.from_pretrained(_sd_source(spec), subfolder="vae")
+    except (OSError, ValueError) as e:
+        raise _missing_weights(spec, "Stable Diffusion VAE", e) from e
 
 
 # ----------------------------------------------------------------------------------------- tiny

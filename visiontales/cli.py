@@ -145,7 +145,8 @@ def story_command(args: list[str]) -> int:
         description="SAGANets: the captioner writes caption k+1, the visualizer draws frame k+1, until N frames; "
                     "writes storyboard.png, frame_XX.png and story.json under --out.")
     parser.add_argument("--captioner", type=Path, required=True, help="a SAGANetsCaptioner checkpoint")
-    parser.add_argument("--visualizer", type=Path, required=True, help="a LoRADiffusionVisualizer checkpoint")
+    parser.add_argument("--visualizer", type=Path, required=True,
+                        help="a LoRADiffusionVisualizer or GANVisualizer checkpoint")
     start = parser.add_mutually_exclusive_group(required=True)
     start.add_argument("--first-caption", help="start from this caption alone")
     start.add_argument("--prefix", type=Path, help='JSON list of {"caption": ..., "frame": "image path"} '
@@ -160,13 +161,12 @@ def story_command(args: list[str]) -> int:
     opts = parser.parse_args(args)
 
     from visiontales.models.captioner import SAGANetsCaptioner
-    from visiontales.models.common import load_checkpoint
-    from visiontales.models.lora_diffusion import LoRADiffusionVisualizer
+    from visiontales.models.common import load_any_checkpoint, load_checkpoint
     from visiontales.pipeline import SAGANetsPipeline, read_prefix, write_story
 
     captions, frames = ([opts.first_caption], []) if opts.first_caption else read_prefix(opts.prefix)
     pipeline = SAGANetsPipeline(load_checkpoint(SAGANetsCaptioner, opts.captioner),
-                                load_checkpoint(LoRADiffusionVisualizer, opts.visualizer),
+                                load_any_checkpoint(opts.visualizer),
                                 opts.lora_alpha, opts.continuity_strength)
     story = pipeline(captions, frames, opts.frames, seed=opts.seed)
     board = write_story(story, opts.out, {"captioner": str(opts.captioner), "visualizer": str(opts.visualizer)})

@@ -40,7 +40,9 @@ class Story:
 
 
 class SAGANetsPipeline:
-    """Alternates a captioner (`next_captions`) and a visualizer (`generate`)."""
+    """Alternates a captioner (`continue_story`) and a visualizer: LoRADiffusionVisualizer or
+    GANVisualizer, which both offer `generate(captions, seeds, lora_alpha=, init_latents=,
+    strength=, return_latents=)`, `latents_of(frames)` and `hparams.resolution`."""
 
     def __init__(self, captioner, visualizer, lora_alpha: float | None = None,
                  continuity_strength: float | None = None) -> None:
@@ -56,11 +58,6 @@ class SAGANetsPipeline:
             options.update(init_latents=previous[None], strength=self.continuity_strength)
         frames, latents = self.visualizer.generate([caption], seeds=[seed], **options)
         return frames[0], latents[0]
-
-    def encode(self, frame: torch.Tensor) -> torch.Tensor:
-        vis = self.visualizer
-        posterior = vis.encode_frames(frame[None])
-        return vis.sample_latents(posterior.float())[0]
 
     @torch.no_grad()
     def __call__(self, captions: list[str], frames: list[torch.Tensor] | None = None, n_frames: int = 5,
@@ -80,7 +77,8 @@ class SAGANetsPipeline:
         story = list(captions)
         given_captions = [True] * len(captions) + [False] * (n_frames - len(captions))
         given_frames = [True] * len(frames) + [False] * (n_frames - len(frames))
-        previous = self.encode(frames[-1]) if frames else None
+        latents = self.visualizer.latents_of(frames[-1][None]) if frames else None
+        previous = None if latents is None else latents[0]
         for step in range(len(frames), n_frames):
             if step >= len(story):
                 story.append(self.captioner.continue_story(story, 1)[0])
@@ -172,7 +170,7 @@ class SAGANetsStories(L.LightningModule):
         """
         Args:
             captioner_checkpoint: a trained SAGANetsCaptioner (.ckpt).
-            visualizer_checkpoint: a trained LoRADiffusionVisualizer (.ckpt).
+            visualizer_checkpoint: a trained LoRADiffusionVisualizer or GANVisualizer (.ckpt).
             frames: frames per story.
             lora_alpha: LoRA alpha to draw with (default: the visualizer's inference_lora_alpha).
             continuity_strength: start each frame from the previous one's latent re-noised to this
@@ -192,12 +190,11 @@ class SAGANetsStories(L.LightningModule):
         if self.pipeline is not None:
             return
         from visiontales.models.captioner import SAGANetsCaptioner
-        from visiontales.models.common import load_checkpoint
-        from visiontales.models.lora_diffusion import LoRADiffusionVisualizer
+        from visiontales.models.common import load_any_checkpoint, load_checkpoint
 
         h = self.hparams
         self.captioner = load_checkpoint(SAGANetsCaptioner, Path(h.captioner_checkpoint))
-        self.visualizer = load_checkpoint(LoRADiffusionVisualizer, Path(h.visualizer_checkpoint))
+        self.visualizer = load_any_checkpoint(Path(h.visualizer_checkpoint))
         self.pipeline = SAGANetsPipeline(self.captioner, self.visualizer, h.lora_alpha, h.continuity_strength)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:

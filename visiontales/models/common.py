@@ -3,9 +3,11 @@ logging, prediction files, decoding options, and AdamW with linear warm-up."""
 
 from __future__ import annotations
 
+import importlib
 import pickle
 import zipfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -28,6 +30,9 @@ def decoding_options(decoding: str, num_beams: int, top_p: float, temperature: f
     raise ValueError(f"decoding must be greedy, beam or nucleus, got {decoding!r}")
 
 
+CLASS_KEY = "visiontales_class"  # which module wrote a checkpoint, for `load_any_checkpoint`
+
+
 class TrainableWeightsCheckpoint(L.LightningModule):
     """Checkpoints hold the trainable weights only; frozen ones are rebuilt from their spec.
 
@@ -43,6 +48,7 @@ class TrainableWeightsCheckpoint(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep = self.trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint[CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = {**self.state_dict(), **checkpoint["state_dict"]}
@@ -116,11 +122,23 @@ class TextGenerationModule(TrainableWeightsCheckpoint):
 def load_checkpoint(cls: type[L.LightningModule], path) -> L.LightningModule:
     """`cls.load_from_checkpoint` on the CPU, in eval mode, with one-line errors for a checkpoint
     that does not exist or is not one."""
-    from pathlib import Path
-
     if not Path(path).is_file():
         raise VisionTalesError(f"{path}: checkpoint not found")
     try:
         return cls.load_from_checkpoint(path, map_location="cpu").eval()
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, KeyError) as e:
         raise VisionTalesError(f"{path}: not a readable {cls.__name__} checkpoint ({type(e).__name__}: {e})") from e
+
+
+def load_any_checkpoint(path) -> L.LightningModule:
+    """Load a checkpoint of whichever of our modules wrote it (its class is recorded inside)."""
+    if not Path(path).is_file():
+        raise VisionTalesError(f"{path}: checkpoint not found")
+    try:
+        class_path = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get(CLASS_KEY)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as e:
+        raise VisionTalesError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    if not class_path:
+        raise VisionTalesError(f"{path}: no '{CLASS_KEY}' in this checkpoint; it was not written by visiontales fit")
+    module, name = class_path.rsplit(".", 1)
+    return load_checkpoint(getattr(importlib.import_module(module), name), path)

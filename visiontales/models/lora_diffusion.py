@@ -284,6 +284,10 @@ class LoRADiffusionVisualizer(TrainableWeightsCheckpoint):
         images = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample.float().clamp(-1, 1)
         return (images, latents) if return_latents else images
 
+    def latents_of(self, frames: torch.Tensor) -> torch.Tensor:
+        """Latents (N, C, h, w) of given frames in [-1, 1], to continue from (`init_latents`)."""
+        return self.sample_latents(self.encode_frames(frames).float())
+
     @property
     def vae_factor(self) -> int:
         return 2 ** (len(self.sd.vae.config.block_out_channels) - 1)

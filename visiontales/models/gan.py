@@ -1,0 +1,346 @@
+"""GANVisualizer: the alternative approaches of SAGANets (shared/papers/saganets.md, sections 4.4, 5.2).
+
+One module, four approaches that differ only in their loss weights:
+
+    L_G = lambda_adv L_adv + lambda_img L_img + lambda_clip L_clip + lambda_char L_char + lambda_coher L_coher
+
+- GAN (experiments/gan.yaml): adversarial + L1 + CLIP + character, the paper's best alternative;
+- CLIP-centric (clip_centric.yaml): no discriminator, L2 + CLIP + character;
+- temporal coherence (temporal_coherence.yaml): no discriminator, L2 + coherence;
+- combined (combined.yaml): all five terms.
+
+A story is the unit: G draws all five frames of a FlintstonesSV story from their captions, so the
+consecutive-frame terms (character persistence, latent coherence) see whole stories.
+
+Generator: "conv", a DCGAN-style network from (z, caption embedding) for 64-128 px, or "sd_lora",
+the paper's: a Stable Diffusion UNet with LoRA adapters that denoises pure noise in one step
+(x_0 = (z_T - sqrt(1 - a_T) eps) / sqrt(a_T)) and the frozen VAE decodes. Discriminator: a
+convolutional projection discriminator (Miyato & Koyama 2018) on the frame and the caption
+embedding, spectral norm optional. Caption embeddings and the CLIP loss use the project's CLIP.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+from torchvision.utils import make_grid
+
+from visiontales import losses
+from visiontales.backbones import load_clip, load_stable_diffusion, load_vae
+from visiontales.models.common import TrainableWeightsCheckpoint
+
+
+def _sn(module: nn.Module, on: bool) -> nn.Module:
+    return nn.utils.parametrizations.spectral_norm(module) if on else module
+
+
+class ConvGenerator(nn.Module):
+    """(z (N, Z), caption embedding (N, E)) -> frame (N, 3, R, R) in [-1, 1]; R a power of two >= 16."""
+
+    def __init__(self, z_dim: int, cond_dim: int, resolution: int, width: int = 64) -> None:
+        super().__init__()
+        ups = int(math.log2(resolution)) - 2  # 4x4 -> R x R
+        channels = [width * 2 ** min(ups - i, 3) for i in range(ups + 1)]
+        self.start = channels[0]
+        self.project = nn.Linear(z_dim + cond_dim, channels[0] * 16)
+        blocks = []
+        for c_in, c_out in zip(channels, channels[1:], strict=False):
+            blocks += [nn.Upsample(scale_factor=2), nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out),
+                       nn.ReLU(inplace=True)]
+        self.body = nn.Sequential(nn.BatchNorm2d(channels[0]), nn.ReLU(inplace=True), *blocks,
+                                  nn.Conv2d(channels[-1], 3, 3, padding=1), nn.Tanh())
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.project(torch.cat([z, cond], dim=1)).view(len(z), self.start, 4, 4)
+        return self.body(h)
+
+
+class SDOneStepGenerator(nn.Module):
+    """A Stable Diffusion UNet with LoRA adapters that denoises pure noise z_T in one step; the
+    frozen VAE decodes the predicted clean latent."""
+
+    def __init__(self, sd, lora_rank: int, lora_alpha: float) -> None:
+        super().__init__()
+        from peft import LoraConfig
+
+        self.sd = sd
+        sd.requires_grad_(False)
+        sd.unet.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_alpha, init_lora_weights="gaussian",
+                                       target_modules=["to_q", "to_k", "to_v"]))
+        self.t = sd.noise_scheduler.config.num_train_timesteps - 1
+
+    def forward(self, z: torch.Tensor, text_states: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        a = self.sd.noise_scheduler.alphas_cumprod[self.t].to(z)
+        t = torch.full((len(z),), self.t, device=z.device)
+        eps = self.sd.unet(z, t, encoder_hidden_states=text_states, cross_attention_kwargs={"scale": scale}).sample
+        x0 = (z - (1 - a).sqrt() * eps) / a.sqrt()
+        return self.sd.vae.decode(x0 / self.sd.vae.config.scaling_factor).sample.clamp(-1, 1)
+
+
+class ProjectionDiscriminator(nn.Module):
+    """D(x, c) = w . h(x) + <embed(c), h(x)>, h a strided conv net pooled over space."""
+
+    def __init__(self, cond_dim: int, resolution: int, width: int = 64, spectral_norm: bool = True) -> None:
+        super().__init__()
+        layers, c_in = [], 3
+        for i in range(int(math.log2(resolution)) - 2):  # R -> 4
+            c_out = width * 2 ** min(i, 3)
+            layers += [_sn(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), spectral_norm), nn.LeakyReLU(0.2, True)]
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.linear = _sn(nn.Linear(c_in, 1), spectral_norm)
+        self.embed = _sn(nn.Linear(cond_dim, c_in), spectral_norm)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.features(x).sum(dim=(2, 3))  # (N, C)
+        return self.linear(h).squeeze(1) + (self.embed(cond) * h).sum(dim=1)
+
+
+class GANVisualizer(TrainableWeightsCheckpoint):
+    """Draws the frames of a story from its captions; trained adversarially and/or by direct losses."""
+
+    def __init__(
+        self,
+        generator: Literal["conv", "sd_lora"] = "conv",
+        clip: str = "ViT-B-32@openai",
+        sd: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        resolution: int = 64,
+        z_dim: int = 128,
+        width: int = 64,
+        lora_rank: int = 4,
+        lora_alpha: float = 32.0,
+        spectral_norm: bool = True,
+        adversarial_loss: Literal["bce", "hinge"] = "bce",
+        lambda_adv: float = 1.0,
+        lambda_img: float = 10.0,
+        image_loss: Literal["l1", "l2"] = "l1",
+        lambda_clip: float = 1.0,
+        lambda_char: float = 1.0,
+        lambda_coher: float = 0.0,
+        r1_gamma: float = 0.0,
+        lr_g: float = 2e-4,
+        lr_d: float = 2e-4,
+        betas: tuple[float, float] = (0.5, 0.999),
+        max_nonfinite_steps: int = 10,
+        val_samples: int = 2,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            generator: "conv" (a small DCGAN-style generator) or "sd_lora" (the paper's: an SD
+                UNet with LoRA adapters denoising in one step, the frozen VAE decoding).
+            clip: CLIP for caption embeddings (G's and D's condition) and the CLIP and character
+                losses: "ViT-B-32@openai", a local dir, or "tiny".
+            sd: Stable Diffusion for the "sd_lora" generator, and whose VAE encoder gives the
+                latents of the coherence loss.
+            resolution: frame side in pixels (a power of two).
+            z_dim: size of the conv generator's noise vector.
+            width: base channel width of the conv generator and the discriminator.
+            lora_rank: LoRA rank of the "sd_lora" generator.
+            lora_alpha: LoRA alpha of the "sd_lora" generator.
+            spectral_norm: spectral normalisation on the discriminator's layers.
+            adversarial_loss: "bce" (non-saturating) or "hinge".
+            lambda_adv: weight of the adversarial term (0: no discriminator at all).
+            lambda_img: weight of the pixel loss to the ground-truth frame.
+            image_loss: "l1" (the GAN approach) or "l2" (the CLIP-centric and coherence ones).
+            lambda_clip: weight of 1 - cos(CLIP image embedding, CLIP caption embedding).
+            lambda_char: weight of the distance between CLIP embeddings of consecutive frames.
+            lambda_coher: weight of the squared distance between VAE latents of consecutive frames.
+            r1_gamma: R1 gradient penalty on real frames, gamma (0: off).
+            lr_g: Adam learning rate of the generator.
+            lr_d: Adam learning rate of the discriminator.
+            betas: Adam betas of both (DCGAN's 0.5, 0.999).
+            max_nonfinite_steps: training stops after this many steps with a non-finite loss
+                (each one is skipped, so the weights stay those of the last finite step).
+            val_samples: stories whose frames are drawn beside the ground truth each validation.
+            seed: seed of the validation noise.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.clip = load_clip(clip).requires_grad_(False)
+        cond_dim = self.clip.text_projection.shape[-1] if hasattr(self.clip, "text_projection") \
+            else self.clip.visual.output_dim
+        if generator == "sd_lora":
+            self.generator = SDOneStepGenerator(load_stable_diffusion(sd), lora_rank, lora_alpha)
+            self.vae = self.generator.sd.vae
+        else:
+            self.generator = ConvGenerator(z_dim, cond_dim, resolution, width)
+            self.vae = load_vae(sd).requires_grad_(False) if lambda_coher else None
+        self.discriminator = ProjectionDiscriminator(cond_dim, resolution, width, spectral_norm) if lambda_adv else None
+        self.nonfinite_steps = 0
+
+    # ------------------------------------------------------------------------------ pieces
+
+    @torch.no_grad()
+    def caption_embeddings(self, captions: list[str]) -> torch.Tensor:
+        import open_clip
+
+        tokens = open_clip.tokenize(captions).to(self.device)
+        return F.normalize(self.clip.encode_text(tokens).float(), dim=-1)
+
+    def image_embeddings(self, frames: torch.Tensor) -> torch.Tensor:
+        """CLIP image embeddings of frames in [-1, 1] (gradients flow back to the frames)."""
+        cfg = self.clip.visual.preprocess_cfg
+        size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
+        x = F.interpolate((frames + 1) / 2, size=(size, size), mode="bilinear", align_corners=False)
+        mean = torch.tensor(cfg["mean"], device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(cfg["std"], device=x.device).view(1, 3, 1, 1)
+        return self.clip.encode_image((x - mean) / std).float()
+
+    def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.hparams.generator == "sd_lora":
+            vae = self.generator.sd.vae
+            factor = 2 ** (len(vae.config.block_out_channels) - 1)
+            shape = (n, self.generator.sd.unet.config.in_channels, self.hparams.resolution // factor,
+                     self.hparams.resolution // factor)
+        else:
+            shape = (n, self.hparams.z_dim)
+        return torch.randn(shape, generator=generator).to(self.device) if generator else \
+            torch.randn(shape, device=self.device)
+
+    def draw(self, z: torch.Tensor, captions: list[str], cond: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        if self.hparams.generator == "sd_lora":
+            sd = self.generator.sd
+            ids = sd.tokenizer(captions, padding="max_length", max_length=sd.tokenizer.model_max_length,
+                               truncation=True, return_tensors="pt").input_ids.to(self.device)
+            with torch.no_grad():
+                states = sd.text_encoder(ids)[0]
+            return self.generator(z, states, scale)
+        return self.generator(z, cond)
+
+    def story_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, list[str], int, int]:
+        """(real frames (B*S, 3, R, R), their captions, B, S): every step of every story."""
+        images = batch["images"]
+        b, s = images.shape[:2]
+        return images.flatten(0, 1), [c for texts in batch["texts"] for c in texts], b, s
+
+    def generator_terms(self, fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor,
+                        b: int, s: int) -> dict[str, torch.Tensor]:
+        """Each weighted term of L_G that is switched on, unweighted."""
+        h = self.hparams
+        terms = {"img": losses.image_loss(fake, real, h.image_loss)}
+        if self.discriminator is not None:
+            terms["adv"] = losses.generator_adversarial_loss(self.discriminator(fake, cond), h.adversarial_loss)
+        if h.lambda_clip or h.lambda_char:
+            features = self.image_embeddings(fake)
+            if h.lambda_clip:
+                terms["clip"] = losses.clip_loss(features, cond)
+            if h.lambda_char:
+                terms["char"] = losses.character_loss(features.view(b, s, -1))
+        if h.lambda_coher:
+            latents = self.vae.encode(fake.to(self.vae.dtype)).latent_dist.mean.float()
+            terms["coher"] = losses.coherence_loss(latents.view(b, s, *latents.shape[1:]))
+        return terms
+
+    def weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(getattr(self.hparams, f"lambda_{name}") * value for name, value in terms.items())
+
+    # ---------------------------------------------------------------------------- training
+
+    def finite_or_skip(self, loss: torch.Tensor, name: str) -> bool:
+        """The divergence guard: a non-finite loss skips its step; too many stop training."""
+        if torch.isfinite(loss).all():
+            return True
+        self.nonfinite_steps += 1
+        limit = self.hparams.max_nonfinite_steps
+        rank_zero_warn(f"non-finite {name} ({loss.item()}) at step {self.global_step}: step skipped "
+                       f"({self.nonfinite_steps} of at most {limit})")
+        if self.nonfinite_steps >= limit:
+            last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
+            rank_zero_warn(f"training stopped: {self.nonfinite_steps} non-finite losses (max_nonfinite_steps="
+                           f"{limit}); the weights are those of the last finite step; last checkpoint: {last}")
+            self.trainer.should_stop = True
+        return False
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        optimizers = self.optimizers()
+        opt_g, opt_d = optimizers if isinstance(optimizers, list) else (optimizers, None)
+        real, captions, b, s = self.story_batch(batch)
+        cond = self.caption_embeddings(captions)
+        z = self.noise(len(real))
+        logs = {}
+        if self.discriminator is not None:
+            with torch.no_grad():
+                fake = self.draw(z, captions, cond)
+            self.toggle_optimizer(opt_d)
+            real_in = real.detach().requires_grad_(self.hparams.r1_gamma > 0)
+            real_logits, fake_logits = self.discriminator(real_in, cond), self.discriminator(fake, cond)
+            d_loss = losses.discriminator_loss(real_logits, fake_logits, self.hparams.adversarial_loss)
+            if self.hparams.r1_gamma:
+                d_loss = d_loss + self.hparams.r1_gamma / 2 * losses.r1_penalty(real_logits, real_in)
+            if self.finite_or_skip(d_loss, "d_loss"):
+                self.manual_backward(d_loss)
+                opt_d.step()
+            opt_d.zero_grad(set_to_none=True)
+            self.untoggle_optimizer(opt_d)
+            logs.update({"train/d_loss": d_loss, "train/d_acc_real": (real_logits > 0).float().mean(),
+                         "train/d_acc_fake": (fake_logits < 0).float().mean()})
+        self.toggle_optimizer(opt_g)
+        terms = self.generator_terms(self.draw(z, captions, cond), real, cond, b, s)
+        g_loss = self.weighted(terms)
+        if self.finite_or_skip(g_loss, "g_loss"):
+            self.manual_backward(g_loss)
+            opt_g.step()
+        opt_g.zero_grad(set_to_none=True)
+        self.untoggle_optimizer(opt_g)
+        logs["train/g_loss"] = g_loss
+        logs.update({f"train/loss_{name}": value for name, value in terms.items()})
+        self.log_dict({k: v.detach() for k, v in logs.items()}, on_step=True, on_epoch=True, batch_size=b)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        real, captions, b, s = self.story_batch(batch)
+        cond = self.caption_embeddings(captions)
+        z = self.noise(len(real), torch.Generator().manual_seed(self.hparams.seed + batch_idx))
+        fake = self.draw(z, captions, cond)
+        terms = self.generator_terms(fake, real, cond, b, s)
+        self.log_dict({f"val/loss_{name}": value for name, value in terms.items()}, batch_size=b, sync_dist=True)
+        self.log("val/loss", self.weighted({k: v for k, v in terms.items() if k != "adv"}), batch_size=b,
+                 sync_dist=True)
+        experiment = getattr(self.logger, "experiment", None)
+        if batch_idx == 0 and self.trainer.is_global_zero and hasattr(experiment, "add_image"):
+            n = min(self.hparams.val_samples, b) * s  # each story's frames above its ground truth
+            grid = torch.cat([fake[:n], real[:n]]).float().clamp(-1, 1)
+            experiment.add_image("val/frames", make_grid((grid + 1) / 2, nrow=s), global_step=self.global_step)
+
+    def configure_optimizers(self):
+        h = self.hparams
+        opt_g = torch.optim.Adam([p for p in self.generator.parameters() if p.requires_grad], lr=h.lr_g,
+                                 betas=tuple(h.betas))
+        if self.discriminator is None:
+            return opt_g
+        return [opt_g, torch.optim.Adam(self.discriminator.parameters(), lr=h.lr_d, betas=tuple(h.betas))]
+
+    def configure_callbacks(self):
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        return [ModelCheckpoint(monitor="val/loss", mode="min", save_last=True,
+                                filename="epoch{epoch:02d}-loss{val/loss:.4f}", auto_insert_metric_name=False)]
+
+    # ---------------------------------------------------------------------------- inference
+
+    @torch.no_grad()
+    def generate(self, captions: list[str], seeds: list[int], size: int | None = None,
+                 lora_alpha: float | None = None, init_latents: torch.Tensor | None = None,
+                 strength: float = 1.0, return_latents: bool = False):
+        """Frames (N, 3, R, R) in [-1, 1], one seed each; the SAGANets pipeline's visualizer API.
+
+        init_latents, strength: mix the previous frame's noise into this one's,
+            z = sqrt(1 - strength) z_prev + sqrt(strength) z_new (variance kept), for continuity.
+        lora_alpha: the "sd_lora" generator's LoRA strength as an alpha (scale alpha / lora_alpha).
+        """
+        z = torch.cat([self.noise(1, torch.Generator().manual_seed(s)) for s in seeds])
+        if init_latents is not None and strength < 1.0:
+            z = (1 - strength) ** 0.5 * init_latents.to(z) + strength ** 0.5 * z
+        scale = 1.0 if lora_alpha is None else lora_alpha / self.hparams.lora_alpha
+        frames = self.draw(z, captions, self.caption_embeddings(captions), scale).float()
+        return (frames, z) if return_latents else frames
+
+    def latents_of(self, frames: torch.Tensor) -> None:
+        """A GAN has no encoder back into its noise: given frames cannot seed continuity."""
+        return None
