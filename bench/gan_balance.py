@@ -2,7 +2,9 @@
 prints, over the last quarter of the steps, the mean g_loss (and its adversarial part), d_loss,
 and D's accuracy on real and fake frames (collapse would put these at 0 or 1).
 
-    python bench/gan_balance.py [--epochs 8] [--episodes 80]
+    python bench/gan_balance.py [--epochs 8] [--episodes 80] [-- --model.init_args.lr_d 5e-5 ...]
+
+Arguments after `--` are passed to `visiontales fit` as overrides.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--episodes", type=int, default=80)
     parser.add_argument("--config", default="gan.yaml", help="a config under experiments/tiny/")
-    opts = parser.parse_args()
+    opts, overrides = parser.parse_known_args()
+    overrides = [a for a in overrides if a != "--"]
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -38,14 +41,14 @@ def main() -> None:
                             "--data.init_args.root", str(tmp / "f"), "--trainer.max_epochs", str(opts.epochs),
                             "--trainer.logger.init_args.save_dir", str(tmp / "runs"),
                             "--trainer.logger.init_args.version", "bench",
-                            "--trainer.enable_progress_bar", "false"]) == 0
+                            "--trainer.enable_progress_bar", "false", *overrides]) == 0
         seconds = time.perf_counter() - start
         events = EventAccumulator(str(next((tmp / "runs").glob("*/bench"))), size_guidance={"scalars": 0})
         events.Reload()
         series = {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
                   if tag.startswith("train/") and tag.endswith("_step")}
     n = len(series["train/g_loss_step"])
-    print(f"\ntiny {opts.config}, {opts.epochs} epochs ({n} logged steps), {seconds / 60:.1f} min on "
+    print(f"\ntiny {opts.config} {' '.join(overrides)}, {opts.epochs} epochs ({n} logged steps), {seconds / 60:.1f} min on "
           f"{os.cpu_count()} CPU threads; means over the last quarter of the logged steps:")
     for tag in sorted(series):
         values = series[tag][-max(1, len(series[tag]) // 4):]

@@ -79,8 +79,9 @@ class StepSpy(L.Callback):
             optimizer.register_step_post_hook(post)
 
 
-def test_each_step_changes_only_its_own_side(flintstones_root, tmp_path):
-    model = _gan(r1_gamma=1.0)
+@pytest.mark.parametrize("generator", ["conv", "sd_lora"])
+def test_each_step_changes_only_its_own_side(generator, flintstones_root, tmp_path):
+    model = _gan(generator=generator, r1_gamma=1.0)
     spy = StepSpy()
     _trainer(tmp_path, callbacks=[spy]).fit(model, FlintstonesSVDataModule(str(flintstones_root), resolution=32,
                                                                            batch_size=2))
@@ -88,6 +89,10 @@ def test_each_step_changes_only_its_own_side(flintstones_root, tmp_path):
     assert d_changed and all(n.startswith("discriminator.") for n in d_changed)
     assert g_changed and all(n.startswith("generator.") for n in g_changed)
     assert not any(n.startswith(("clip.", "vae.")) for n in d_changed | g_changed)
+    if generator == "sd_lora":  # the paper's generator: only the UNet's LoRA adapters train
+        assert all("lora_" in n for n in g_changed)
+        frames = model.generate(["Fred is running in the yard."], seeds=[0], lora_alpha=10)
+        assert frames.shape == (1, 3, 32, 32) and frames.abs().max() <= 1.0
 
 
 def test_approaches_without_adversary_have_no_discriminator():
