@@ -150,6 +150,13 @@ def load_clip(spec: str) -> nn.Module:
     return model.eval()
 
 
+def clip_preprocessing(model: nn.Module) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+    """(image side, mean, std) that an open_clip model's image tower expects."""
+    cfg = model.visual.preprocess_cfg
+    size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
+    return size, tuple(cfg["mean"]), tuple(cfg["std"])
+
+
 def fingerprint(module: nn.Module) -> str:
     """A short hash of a module's weights (shapes and leading values of every tensor).
 

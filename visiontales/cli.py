@@ -120,6 +120,7 @@ def tell_command(args: list[str]) -> int:
     import torch
 
     from data_modules.vist import clip_transform, load_image
+    from visiontales.backbones import clip_preprocessing
     from visiontales.models.common import load_checkpoint
     from visiontales.models.storyteller import CLIPStoryteller
 
@@ -131,9 +132,7 @@ def tell_command(args: list[str]) -> int:
             "this storyteller was trained with prompt conditioning (the paper's): it does not look at the images")
         images = torch.zeros(1, 3, 3, 1, 1)
     else:
-        cfg = model.clip.visual.preprocess_cfg
-        transform = clip_transform(cfg["size"][0] if isinstance(cfg["size"], tuple | list) else cfg["size"],
-                                   cfg["mean"], cfg["std"])
+        transform = clip_transform(*clip_preprocessing(model.clip))
         images = torch.stack([load_image(p, transform) for p in opts.images]).unsqueeze(0)
     print(model.generate_stories({"images": images})[0])
     return 0

@@ -31,7 +31,7 @@ from torch import nn
 from torchvision.utils import make_grid
 
 from visiontales import losses
-from visiontales.backbones import load_clip, load_stable_diffusion, load_vae
+from visiontales.backbones import clip_preprocessing, load_clip, load_stable_diffusion, load_vae
 from visiontales.models.common import TrainableWeightsCheckpoint
 
 
@@ -186,11 +186,10 @@ class GANVisualizer(TrainableWeightsCheckpoint):
 
     def image_embeddings(self, frames: torch.Tensor) -> torch.Tensor:
         """CLIP image embeddings of frames in [-1, 1] (gradients flow back to the frames)."""
-        cfg = self.clip.visual.preprocess_cfg
-        size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
+        size, mean, std = clip_preprocessing(self.clip)
         x = F.interpolate((frames + 1) / 2, size=(size, size), mode="bilinear", align_corners=False)
-        mean = torch.tensor(cfg["mean"], device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(cfg["std"], device=x.device).view(1, 3, 1, 1)
+        mean = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
         return self.clip.encode_image((x - mean) / std).float()
 
     def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
