@@ -207,6 +207,16 @@ def check_dataset(root: str | Path) -> dict[str, Any]:
     return {"dataset": "flintstones", "splits": {split: r.as_dict() for split, r in reports.items()}}
 
 
+def read_frame(path: Path, t: int, resolution: int) -> torch.Tensor:
+    """Frame t of a frames file (memory-mapped) as (3, R, R) in [-1, 1]."""
+    frames = np.load(path, mmap_mode="r")
+    image = torch.from_numpy(np.array(frames[t])).permute(2, 0, 1).float() / 127.5 - 1.0
+    if resolution != image.shape[-1]:
+        image = F.interpolate(image[None], size=(resolution, resolution), mode="bilinear", antialias=True,
+                              align_corners=False)[0]
+    return image
+
+
 def eval_prefix_length(story_id: str, max_prefix: int, seed: int) -> int:
     """A fixed k in 0..max_prefix per story (stable across runs, platforms and processes)."""
     return zlib.crc32(f"{seed}:{story_id}".encode()) % (max_prefix + 1)
@@ -226,15 +236,6 @@ class FlintstonesStories(Dataset):
     def __len__(self) -> int:
         return len(self.stories)
 
-    def frame(self, clip: str, t: int) -> torch.Tensor:
-        """Frame t of the clip as (3, R, R) in [-1, 1]."""
-        frames = np.load(self.index.frames_path(clip), mmap_mode="r")
-        image = torch.from_numpy(np.array(frames[t])).permute(2, 0, 1).float() / 127.5 - 1.0
-        if self.resolution != image.shape[-1]:
-            image = F.interpolate(image[None], size=(self.resolution, self.resolution), mode="bilinear",
-                                  antialias=True, align_corners=False)[0]
-        return image
-
     def __getitem__(self, i: int) -> dict[str, Any]:
         story = self.stories[i]
         clips = [self.index.clips[c] for c in story]
@@ -246,7 +247,8 @@ class FlintstonesStories(Dataset):
                 "characters": torch.from_numpy(np.stack([c.characters for c in clips])), "prefix_len": k,
                 "frame_index": torch.tensor(frames)}
         if self.image_source == "files":
-            item["images"] = torch.stack([self.frame(c, t) for c, t in zip(story, frames, strict=True)])
+            item["images"] = torch.stack([read_frame(self.index.frames_path(c), t, self.resolution)
+                                          for c, t in zip(story, frames, strict=True)])
         return item
 
 
@@ -303,8 +305,7 @@ class FlintstonesSVDataModule(SplitDataModule):
 
     def load_frame(self, key: str, path: Path) -> torch.Tensor:
         """The frame named by a `frame_files` key, as served in `images`."""
-        clip, t = key.rsplit("#", 1)
-        return next(iter(self.datasets.values())).frame(clip, int(t))
+        return read_frame(path, int(key.rsplit("#", 1)[1]), self.hparams.resolution)
 
     def build_split(self, split: str) -> tuple[FlintstonesStories, SplitReport]:
         stories, report = self.index.stories(split)

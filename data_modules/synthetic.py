@@ -25,7 +25,6 @@ import json
 import pickle
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -193,16 +192,6 @@ def tokenizer_corpus() -> list[str]:
     return sentences
 
 
-@dataclass(frozen=True)
-class VistDefects:
-    """Where the synthetic VIST writer puts its deliberate defects (all in the train split,
-    each in the first three photos of one story, so every sequence mode drops it)."""
-
-    missing_image: int = 1  # stories whose first photo file is not written
-    unreadable_image: int = 1  # stories whose second photo file is garbage bytes
-    empty_caption: int = 1  # stories whose third sentence is empty
-
-
 def write_synthetic_vist(out: str | Path, seed: int = 0, albums: int = 200) -> dict[str, int]:
     """Write a synthetic VIST in the real layout under `out`; return story counts per split.
 
@@ -215,7 +204,6 @@ def write_synthetic_vist(out: str | Path, seed: int = 0, albums: int = 200) -> d
         raise ValueError(f"--albums must be at least 10 (one album per split at least), got {albums}")
     out = Path(out)
     rng = random.Random(seed)
-    defects = VistDefects()
     counts: dict[str, int] = {}
     album_ids = [str(10_000 + i) for i in range(albums)]
     start = 0
@@ -230,12 +218,15 @@ def write_synthetic_vist(out: str | Path, seed: int = 0, albums: int = 200) -> d
             scene = rng.choice(list(SCENES))
             photo_ids = [f"{album_id}{p:03d}" for p in range(PHOTOS_PER_ALBUM)]
             objects = [rng.choice(OBJECTS) for _ in photo_ids]
-            defect = split == "train" and a_index < 3  # albums 0, 1, 2 of train carry one defect each
+            # the deliberate defects: train albums 0, 1, 2, each in the first three photos of its
+            # first story (so every sequence mode drops it): photo 0 missing, photo 1 unreadable,
+            # sentence 2 empty
+            defect = split == "train" and a_index < 3
             for p, (photo_id, obj) in enumerate(zip(photo_ids, objects, strict=True)):
                 path = image_dir / f"{photo_id}.{'png' if p % 7 == 6 else 'jpg'}"
-                if defect and a_index == 0 and p == 0 and defects.missing_image:
+                if defect and a_index == 0 and p == 0:
                     pass  # the annotation refers to it; the file is missing
-                elif defect and a_index == 1 and p == 1 and defects.unreadable_image:
+                elif defect and a_index == 1 and p == 1:
                     path.write_bytes(b"this is not an image")
                 else:
                     draw_photo(scene, obj, rng).save(path)
@@ -253,7 +244,7 @@ def write_synthetic_vist(out: str | Path, seed: int = 0, albums: int = 200) -> d
             for worker, picks in enumerate((first, second)):
                 story_id = f"{album_id}{worker}"
                 sentences = story_sentences(scene, [objects[p] for p in picks], rng)
-                if defect and a_index == 2 and worker == 0 and defects.empty_caption:
+                if defect and a_index == 2 and worker == 0:
                     sentences[2] = ""
                 for order, (p, text) in enumerate(zip(picks, sentences, strict=True)):
                     annotations.append([{
@@ -401,15 +392,10 @@ def global_id(season: int, episode: int, start: int, end: int) -> str:
     return f"s_{season:02d}_e_{episode:02d}_shot_{start:06d}_{end:06d}"
 
 
-@dataclass(frozen=True)
-class FlintstonesDefects:
-    """Deliberate defects of the synthetic FlintstonesSV, each in the middle of its own train
-    episode (so each breaks exactly the five stories that contain its clip), plus one clip named
-    by the split file but absent from the annotations (alone in an episode of its own)."""
-
-    missing_frames: str = "missing_frames"
-    bad_frames: str = "bad_frames"
-    empty_caption: str = "empty_caption"
+# The synthetic FlintstonesSV's deliberate defects: episode -> defect of its middle clip (each in
+# its own train episode, so each breaks exactly the five stories that contain that clip); plus one
+# clip the split file names and the annotations lack, alone in an episode of its own.
+FLINTSTONES_DEFECTS = {1: "missing_frames", 2: "bad_frames", 3: "empty_caption"}
 
 
 def write_synthetic_flintstones(out: str | Path, seed: int = 0, episodes: int = 80, shots: int = 14,
@@ -428,8 +414,6 @@ def write_synthetic_flintstones(out: str | Path, seed: int = 0, episodes: int = 
     names = list(CHARACTERS)
     annotations, split_ids = [], {split: [] for split, _ in FLINTSTONES_SPLIT_FRACTIONS}
     n_train, n_val = round(episodes * 0.8), round(episodes * 0.1)
-    defects = FlintstonesDefects()
-    defect_episode = {1: defects.missing_frames, 2: defects.bad_frames, 3: defects.empty_caption}
     for e in range(episodes):
         season, episode = 1 + e // 10, 1 + e % 10
         split = "train" if e < n_train else "val" if e < n_train + n_val else "test"
@@ -450,13 +434,13 @@ def write_synthetic_flintstones(out: str | Path, seed: int = 0, episodes: int = 
             description = flintstones_caption(present, action, setting)
             entities = [{"entityLabel": rng.choice((n, n.lower(), f" {n.upper()} ")) if n != NPC else NPC,
                          "labelNPC": n if n != NPC else "police officer"} for n in present]
-            defect = defect_episode.get(e) if shot == shots // 2 else None
-            if defect == defects.empty_caption:
+            defect = FLINTSTONES_DEFECTS.get(e) if shot == shots // 2 else None
+            if defect == "empty_caption":
                 description = ""
             frames = draw_clip(setting, present, action, rng)
-            if defect == defects.bad_frames:
+            if defect == "bad_frames":
                 frames = frames[:4]  # four frames instead of five
-            if defect != defects.missing_frames:
+            if defect != "missing_frames":
                 np.save(frames_dir / f"{gid}.npy", frames)
             annotations.append({"globalID": gid, "description": description, "setting": setting,
                                 "characters": entities, "objects": []})
