@@ -54,9 +54,15 @@ def tiny_gpt2():
 
 
 def tiny_overrides(config: str, root: Path, out: Path, **trainer) -> list[str]:
-    """CLI arguments that run a tiny experiment config on `root`, writing under `out`."""
-    args = ["--config", str(EXPERIMENTS / "tiny" / config), "--data.init_args.root", str(root),
+    """CLI arguments that run a tiny experiment config on `root`, writing under `out`, on the random
+    `tiny` backbones (the configs name `tiny-domain`, which take minutes to train once)."""
+    import yaml
+
+    path = EXPERIMENTS / "tiny" / config
+    init_args = yaml.safe_load(path.read_text())["model"].get("init_args", {})
+    args = ["--config", str(path), "--data.init_args.root", str(root),
             "--trainer.logger.init_args.save_dir", str(out / "runs"), "--trainer.enable_progress_bar", "false"]
+    args += [a for key, spec in init_args.items() if spec == "tiny-domain" for a in (f"--model.init_args.{key}", "tiny")]
     for key, value in trainer.items():
         args += [f"--trainer.{key}", str(value)]
     return args

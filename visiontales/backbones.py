@@ -13,7 +13,8 @@ A backbone is named by a spec string:
 `$VISIONTALES_HOME/backbones/` (default `~/.cache/visiontales`) exactly as a hub checkpoint is laid
 out, and then loads it back through the same `from_pretrained` / `local-dir:` path as real weights.
 The tiny GPT-2 gets a byte-level BPE tokenizer trained on the synthetic datasets' sentences (the
-GPT-2 BPE files do not ship with transformers).
+GPT-2 BPE files do not ship with transformers). `tiny-domain` is the same architecture trained on
+the synthetic worlds first (visiontales.bootstrap): what the offline profile runs on.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from torch import nn
 from visiontales.errors import VisionTalesError
 
 TINY = "tiny"
+TINY_DOMAIN = "tiny-domain"
+TINY_SPECS = (TINY, TINY_DOMAIN)
 TINY_SEED = 1234
 TINY_GPT2 = {"n_layer": 2, "n_head": 2, "n_embd": 64, "n_positions": 256}
 TINY_GPT2_VOCAB = 1000
@@ -90,8 +93,8 @@ def load_gpt2(spec: str) -> tuple[nn.Module, object]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet()
-    if spec == TINY:
-        spec = str(_ensure_tiny("gpt2", _build_tiny_gpt2))
+    if spec in TINY_SPECS:
+        spec = str(tiny_backbone_dir(spec, "gpt2"))
     elif spec.startswith((".", "/", "~")) and not Path(spec).expanduser().is_dir():
         raise VisionTalesError(f"{spec}: GPT-2 directory not found")
     try:
@@ -117,12 +120,16 @@ def save_clip(model: nn.Module, model_cfg: dict, directory: Path) -> None:
     save_config_for_hf(model, directory / "open_clip_config.json", model_config=model_cfg)
 
 
-def _build_tiny_clip(directory: Path) -> None:
+def _build_tiny_clip(directory: Path, train: bool = False) -> None:
     import open_clip
 
     torch.manual_seed(TINY_SEED)
     model = open_clip.create_model("ViT-B-32", pretrained=None, **TINY_CLIP)
-    save_clip(model, {**open_clip.get_model_config("ViT-B-32"), **TINY_CLIP}, directory)
+    if train:
+        from visiontales.bootstrap import train_clip
+
+        train_clip(model)
+    save_clip(model.eval(), {**open_clip.get_model_config("ViT-B-32"), **TINY_CLIP}, directory)
 
 
 def load_clip(spec: str) -> nn.Module:
@@ -132,8 +139,8 @@ def load_clip(spec: str) -> nn.Module:
     """
     import open_clip
 
-    if spec == TINY:
-        spec = str(_ensure_tiny("clip", _build_tiny_clip))
+    if spec in TINY_SPECS:
+        spec = str(tiny_backbone_dir(spec, "clip"))
     if spec.startswith("hf-hub:"):
         name, pretrained = spec, None
     elif Path(spec).expanduser().is_dir():
@@ -142,7 +149,7 @@ def load_clip(spec: str) -> nn.Module:
         name, pretrained = spec.split("@", 1)
     else:
         raise VisionTalesError(f"CLIP spec '{spec}' is neither a local directory, 'hf-hub:<repo>', "
-                               f"'<model>@<pretrained>' (e.g. ViT-B-32@openai) nor 'tiny'")
+                               f"'<model>@<pretrained>' (e.g. ViT-B-32@openai), 'tiny' nor 'tiny-domain'")
     try:
         model = open_clip.create_model(name, pretrained=pretrained)
     except (RuntimeError, OSError, ValueError) as e:
@@ -239,8 +246,8 @@ def _build_tiny_sd(directory: Path) -> None:
 def _sd_source(spec: str) -> str:
     """The hub id or directory to load Stable Diffusion components from (`tiny` built first)."""
     _quiet()
-    if spec == TINY:
-        return str(_ensure_tiny("sd", _build_tiny_sd))
+    if spec in TINY_SPECS:
+        return str(tiny_backbone_dir(spec, "sd"))
     if spec.startswith((".", "/", "~")) and not (Path(spec).expanduser() / "unet").is_dir():
         raise VisionTalesError(f"{spec}: not a diffusers Stable Diffusion directory (no unet/ inside)")
     return spec
@@ -276,6 +283,46 @@ def load_vae(spec: str) -> nn.Module:
 # ----------------------------------------------------------------------------------------- tiny
 
 
+def _build_domain_gpt2(directory: Path) -> None:
+    from visiontales.bootstrap import train_gpt2
+
+    _build_tiny_gpt2(directory)
+    train_gpt2(directory)
+
+
+def _build_domain_sd(directory: Path) -> None:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from visiontales.bootstrap import train_unet, train_vae
+
+    _build_tiny_sd(directory)
+    sd = StableDiffusion(UNet2DConditionModel.from_pretrained(directory / "unet"),
+                         AutoencoderKL.from_pretrained(directory / "vae"),
+                         CLIPTextModel.from_pretrained(directory / "text_encoder"),
+                         CLIPTokenizer.from_pretrained(directory / "tokenizer"),
+                         DDPMScheduler.from_pretrained(directory / "scheduler"))
+    sd.text_encoder.requires_grad_(False)
+    train_vae(sd.vae)
+    sd.vae.requires_grad_(False)
+    sd.vae.save_pretrained(directory / "vae")
+    train_unet(sd)
+    sd.unet.save_pretrained(directory / "unet")
+
+
+TINY_BUILDERS = {
+    (TINY, "gpt2"): _build_tiny_gpt2, (TINY, "clip"): _build_tiny_clip, (TINY, "sd"): _build_tiny_sd,
+    (TINY_DOMAIN, "gpt2"): _build_domain_gpt2, (TINY_DOMAIN, "clip"): lambda d: _build_tiny_clip(d, train=True),
+    (TINY_DOMAIN, "sd"): _build_domain_sd,
+}
+
+
+def tiny_backbone_dir(spec: str, kind: str) -> Path:
+    """The directory of the `tiny` or `tiny-domain` backbone of this kind, built on first use."""
+    name = kind if spec == TINY else f"domain-{kind}"
+    return _ensure_tiny(name, TINY_BUILDERS[spec, kind])
+
+
 def _ensure_tiny(kind: str, build) -> Path:
     """Build the tiny `kind` backbone into the cache once; return its directory.
 
@@ -283,10 +330,14 @@ def _ensure_tiny(kind: str, build) -> Path:
     never see a half-written directory.
     """
     import data_modules.synthetic as synthetic
+    from visiontales.bootstrap import SCHEDULE
 
-    recipe = json.dumps({"kind": kind, "gpt2": TINY_GPT2, "vocab": TINY_GPT2_VOCAB, "clip": TINY_CLIP,
-                         "unet": TINY_UNET, "vae": TINY_VAE, "text": TINY_TEXT, "seed": TINY_SEED,
-                         "corpus": len(synthetic.tokenizer_corpus())}, sort_keys=True)
+    recipe = {"kind": kind, "gpt2": TINY_GPT2, "vocab": TINY_GPT2_VOCAB, "clip": TINY_CLIP,
+              "unet": TINY_UNET, "vae": TINY_VAE, "text": TINY_TEXT, "seed": TINY_SEED,
+              "corpus": len(synthetic.tokenizer_corpus())}
+    if kind.startswith("domain-"):
+        recipe["schedule"] = SCHEDULE
+    recipe = json.dumps(recipe, sort_keys=True)
     directory = home() / "backbones" / f"tiny-{kind}-{hashlib.sha1(recipe.encode()).hexdigest()[:10]}"
     if directory.is_dir():
         return directory
@@ -294,6 +345,11 @@ def _ensure_tiny(kind: str, build) -> Path:
 
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
+    if kind.startswith("domain-"):
+        import logging
+
+        logging.getLogger("visiontales").info(
+            f"training the tiny-domain {kind[7:]} backbone on synthetic data (once; cached as {directory})")
     try:
         build(tmp)
         tmp.rename(directory)

@@ -1,0 +1,216 @@
+"""Domain-trained tiny backbones (`tiny-domain`): the offline stand-ins for pretrained weights.
+
+Randomly initialised tiny backbones (`tiny`) make the tests fast, but a frozen random CLIP sees
+nothing, a random VAE decodes noise and a random GPT-2 knows no words, so offline runs built on
+them show nothing a person can judge. `tiny-domain` trains the same tiny architectures, once, on
+pictures and sentences drawn by data_modules.synthetic, in the roles their real counterparts
+play (web-scale pretraining, here the synthetic world):
+
+- GPT-2 (+ its byte-level BPE tokenizer): a language model of synthetic VIST stories and
+  FlintstonesSV caption sequences;
+- CLIP (open_clip ViT-B-32 layout): contrastive image-text training on synthetic VIST photos and
+  FlintstonesSV frames with their sentences;
+- Stable Diffusion: the VAE learns to reconstruct 64 px frames of both worlds (its latent
+  scaling factor measured as SD's was: 1 / std of the latents); the UNet is pretrained as a
+  text-to-image model on the VIST photos only, the "general domain", so that adapting it to
+  FlintstonesSV is still the LoRA visualizer's job. The text encoder stays random (frozen).
+
+Each is saved exactly like a hub checkpoint under $VISIONTALES_HOME/backbones/ and loaded back
+through the same `from_pretrained` paths as real weights. `visiontales bootstrap` builds all
+three; any run that names `tiny-domain` builds what is missing first.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from data_modules import synthetic as syn
+
+LOG = logging.getLogger("visiontales")
+SEED = 2024
+# training lengths (part of the cache key: change one and the backbone is rebuilt)
+# (about 1 + 1 + 3 + 3 minutes on 2 CPU cores)
+SCHEDULE = {"gpt2_steps": 600, "clip_steps": 400, "vae_steps": 300, "unet_steps": 200, "batch": 32,
+            "vae_batch": 16, "sd_resolution": 64}
+
+
+# ------------------------------------------------------------------------------ synthetic samples
+
+
+def vist_samples(n: int, seed: int) -> list[tuple[Image.Image, str]]:
+    """(photo, a sentence naming its object and scene) pairs from the synthetic VIST world."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        scene, obj = rng.choice(list(syn.SCENES)), rng.choice(syn.OBJECTS)
+        pairs.append((syn.draw_photo(scene, obj, rng), rng.choice(syn.MIDDLE_TEMPLATES[:2]).format(obj=obj, scene=scene)))
+    return pairs
+
+
+def flintstones_samples(n: int, seed: int) -> list[tuple[Image.Image, str]]:
+    """(frame, its caption) pairs from the synthetic FlintstonesSV world."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        setting, action = rng.choice(list(syn.SETTINGS)), rng.choice(syn.ACTIONS)
+        cast = rng.sample(list(syn.CHARACTERS), rng.choice((1, 2, 2, 3)))
+        frames = syn.draw_clip(setting, cast, action, rng)
+        pairs.append((Image.fromarray(frames[rng.randrange(len(frames))]),
+                      syn.flintstones_caption(cast, action, setting)))
+    return pairs
+
+
+def stories(n: int, seed: int) -> list[str]:
+    """Synthetic VIST stories and FlintstonesSV caption runs (one cast and setting per run)."""
+    rng = random.Random(seed)
+    texts = []
+    for i in range(n):
+        if i % 2:
+            scene = rng.choice(list(syn.SCENES))
+            texts.append(" ".join(syn.story_sentences(scene, rng.sample(syn.OBJECTS, 5), rng)))
+        else:
+            setting, cast = rng.choice(list(syn.SETTINGS)), rng.sample(list(syn.CHARACTERS), rng.choice((1, 2, 3)))
+            texts.append(" ".join(syn.flintstones_caption(rng.sample(cast, rng.randint(1, len(cast))),
+                                                          rng.choice(syn.ACTIONS), setting) for _ in range(5)))
+    return texts
+
+
+def pixels(images: list[Image.Image], size: int) -> torch.Tensor:
+    """uint8 (N, 3, size, size): each image centre-cropped to a square and resized."""
+    out = []
+    for img in images:
+        side = min(img.size)
+        left, top = (img.width - side) // 2, (img.height - side) // 2
+        square = img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+        out.append(torch.from_numpy(np.asarray(square).copy()).permute(2, 0, 1))
+    return torch.stack(out)
+
+
+def _batches(n: int, batch: int, steps: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        yield torch.randint(0, n, (batch,), generator=g)
+
+
+def _report(what: str, losses: list[float], start: float) -> None:
+    k = max(1, len(losses) // 10)
+    LOG.info(f"  {what}: loss {np.mean(losses[:k]):.4f} -> {np.mean(losses[-k:]):.4f} "
+             f"over {len(losses)} steps ({time.time() - start:.0f} s)")
+
+
+# ------------------------------------------------------------------------------------- trainers
+
+
+def train_gpt2(directory: Path, steps: int = SCHEDULE["gpt2_steps"]) -> list[float]:
+    """Language-model training of the tiny GPT-2 written (random) in `directory`; saved in place."""
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    torch.manual_seed(SEED)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    tokenizer.pad_token = tokenizer.eos_token
+    model = GPT2LMHeadModel.from_pretrained(directory).train()
+    texts = [t + tokenizer.eos_token for t in stories(4000, SEED)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
+    losses, start = [], time.time()
+    for index in _batches(len(texts), SCHEDULE["batch"], steps, SEED):
+        enc = tokenizer([texts[i] for i in index], return_tensors="pt", padding=True, truncation=True,
+                        max_length=model.config.n_positions)
+        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+        loss = model(**enc, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    _report("GPT-2 language model", losses, start)
+    model.save_pretrained(directory)
+    return losses
+
+
+def train_clip(model: torch.nn.Module, steps: int = SCHEDULE["clip_steps"]) -> list[float]:
+    """Contrastive (InfoNCE, open_clip's ClipLoss) training of a tiny open_clip model, in place."""
+    import open_clip
+    from open_clip.loss import ClipLoss
+
+    from visiontales.backbones import clip_preprocessing
+
+    torch.manual_seed(SEED)
+    size, mean, std = clip_preprocessing(model)
+    pairs = vist_samples(600, SEED) + flintstones_samples(600, SEED + 1)
+    images, texts = pixels([p for p, _ in pairs], size), open_clip.tokenize([t for _, t in pairs])
+    mean, std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    loss_fn, losses, start = ClipLoss(), [], time.time()
+    for index in _batches(len(pairs), 64, steps, SEED):
+        x = (images[index].float() / 255 - mean) / std
+        loss = loss_fn(model.encode_image(x, normalize=True), model.encode_text(texts[index], normalize=True),
+                       model.logit_scale.exp())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    _report("CLIP contrastive", losses, start)
+    return losses
+
+
+def train_vae(vae: torch.nn.Module, steps: int = SCHEDULE["vae_steps"]) -> list[float]:
+    """Reconstruction (L1) + a light KL term on 64 px frames of both worlds; then sets the latent
+    scaling factor to 1 / std of the latents, as Stable Diffusion's was measured."""
+    torch.manual_seed(SEED)
+    size = SCHEDULE["sd_resolution"]
+    pairs = vist_samples(600, SEED + 2) + flintstones_samples(600, SEED + 3)
+    images = pixels([p for p, _ in pairs], size).float() / 127.5 - 1
+    vae.train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+    losses, start = [], time.time()
+    for index in _batches(len(images), SCHEDULE["vae_batch"], steps, SEED):
+        x = images[index]
+        posterior = vae.encode(x).latent_dist
+        loss = F.l1_loss(vae.decode(posterior.sample()).sample, x) + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    vae.eval()
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(images[i:i + 64]).latent_dist.sample() for i in range(0, 256, 64)])
+    vae.register_to_config(scaling_factor=float(1 / latents.std()))
+    _report("VAE reconstruction", losses, start)
+    return losses
+
+
+def train_unet(sd, steps: int = SCHEDULE["unet_steps"]) -> list[float]:
+    """Text-to-image pretraining of the UNet on synthetic VIST photos (epsilon MSE), in place."""
+    torch.manual_seed(SEED)
+    size = SCHEDULE["sd_resolution"]
+    pairs = vist_samples(800, SEED + 4)
+    images = pixels([p for p, _ in pairs], size).float() / 127.5 - 1
+    with torch.no_grad():
+        ids = sd.tokenizer([t for _, t in pairs], padding="max_length", max_length=sd.tokenizer.model_max_length,
+                           truncation=True, return_tensors="pt").input_ids
+        states = torch.cat([sd.text_encoder(input_ids=ids[i:i + 128])[0] for i in range(0, len(ids), 128)])
+        latents = torch.cat([sd.vae.encode(images[i:i + 64]).latent_dist.mean for i in range(0, len(images), 64)])
+        latents = latents * sd.vae.config.scaling_factor
+    unet, scheduler = sd.unet.train(), sd.noise_scheduler
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=5e-4)
+    losses, start = [], time.time()
+    for index in _batches(len(images), SCHEDULE["batch"], steps, SEED):
+        z0, noise = latents[index], torch.randn_like(latents[index])
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(index),))
+        pred = unet(scheduler.add_noise(z0, noise, t), t, encoder_hidden_states=states[index]).sample
+        loss = F.mse_loss(pred, noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    unet.eval()
+    _report("UNet text-to-image (VIST photos)", losses, start)
+    return losses
