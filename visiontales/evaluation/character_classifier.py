@@ -79,6 +79,17 @@ class CharacterClassifier(L.LightningModule):
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         return self.net((x - self.mean) / self.std)
 
+    def features(self, frames: torch.Tensor) -> torch.Tensor:
+        """What the backbone feeds its classification head (N, D): the input of its last Linear."""
+        head = [m for m in self.net.modules() if isinstance(m, torch.nn.Linear)][-1]
+        captured = []
+        handle = head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+        try:
+            self(frames)
+        finally:
+            handle.remove()
+        return captured[0]
+
     @torch.no_grad()
     def predict_characters(self, frames: torch.Tensor) -> torch.Tensor:
         """(N, 7) 0/1 decisions (logit > 0) for frames in [-1, 1]."""

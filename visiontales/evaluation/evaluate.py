@@ -1,0 +1,228 @@
+"""`visiontales evaluate`: one checkpoint (or a folder of generated stories) on one data split ->
+metrics.json and metrics.md.
+
+- CLIPStoryteller, SAGANetsCaptioner: the model's own test (or validation) loop on the split
+  (BLEU-1..4, METEOR, ROUGE-L, CIDEr; the captioner adds Char-F1 of named characters and
+  perplexity), with the data module the checkpoint was trained with, pointed at --data-root.
+- LoRADiffusionVisualizer, GANVisualizer: one frame per distinct clip of the split (its fixed
+  evaluation frame), drawn from the clip's caption with seed `seed + i`: Char-Acc and Char-F1
+  (character classifier), FID against the real frames (protocol named), CLIPScore.
+- a stories folder (`visiontales predict --config experiments/sagan_story.yaml` or `story`):
+  the whole SAGANets pipeline: text metrics of the generated captions against the reference
+  captions of the same steps, Char-F1 of each drawn frame against the characters its caption
+  names, Char-Acc/F1 against the labels where the caption was the reference one, CLIPScore,
+  and FID against the split's real frames.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from visiontales.errors import VisionTalesError
+
+LOG = logging.getLogger("visiontales")
+LABELS = {"char_acc": "Char-Acc", "char_f1": "Char-F1", "fid": "FID", "clip_score": "CLIPScore",
+          "bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "meteor": "METEOR",
+          "rougeL": "ROUGE-L", "cider": "CIDEr", "ppl": "PPL", "loss": "loss",
+          "named_char_f1": "Char-F1 vs caption names", "given_char_acc": "Char-Acc (reference captions)",
+          "given_char_f1": "Char-F1 (reference captions)"}
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate` measured and how: written as metrics.json and metrics.md."""
+
+    kind: str
+    source: str
+    data_root: str
+    split: str
+    count: int
+    metrics: dict[str, float]
+    protocols: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def write(self, out: Path) -> tuple[Path, Path]:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(self.__dict__, indent=1))
+        lines = [f"# {self.kind}: {self.source}", "", f"{self.split} split of {self.data_root}, {self.count} items", "",
+                 "| metric | value |", "|---|---|"]
+        lines += [f"| {LABELS.get(k, k)} | {v:.4f} |" for k, v in self.metrics.items()]
+        lines += [""] + [f"- {LABELS.get(k, k)}: {v}" for k, v in self.protocols.items()]
+        (out / "metrics.md").write_text("\n".join(lines) + "\n")
+        return out / "metrics.json", out / "metrics.md"
+
+
+# ----------------------------------------------------------------------------------------- text
+
+
+def _datamodule_for(model, checkpoint: Path, data_root: Path):
+    from data_modules.flintstones import FlintstonesSVDataModule
+    from data_modules.vist import VISTDataModule
+    from visiontales.models.storyteller import CLIPStoryteller
+
+    cls = VISTDataModule if isinstance(model, CLIPStoryteller) else FlintstonesSVDataModule
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    return cls(**{**saved.get("datamodule_hyper_parameters", {}), "root": str(data_root)})
+
+
+def evaluate_text_model(model, checkpoint: Path, data_root: Path, split: str, out: Path) -> Evaluation:
+    import lightning as L
+
+    datamodule = _datamodule_for(model, checkpoint, data_root)
+    trainer = L.Trainer(accelerator="auto", devices=1, logger=False, default_root_dir=out,
+                        enable_progress_bar=False, enable_model_summary=False)
+    run = trainer.test if split == "test" else trainer.validate
+    results = run(model, datamodule=datamodule, verbose=False)[0]
+    prefix = "test/" if split == "test" else "val/"
+    metrics = {k[len(prefix):]: float(v) for k, v in results.items() if k.startswith(prefix)}
+    count = len(datamodule.datasets["test" if split == "test" else "val"])
+    return Evaluation(type(model).__name__, str(checkpoint), str(data_root), split, count, metrics,
+                      {"METEOR": "pycocoevalcap (METEOR 1.5 jar)"})
+
+
+# --------------------------------------------------------------------------------------- frames
+
+
+def split_clips(data_root: Path, split: str, resolution: int, max_frames: int | None):
+    """(frames (N, 3, R, R), captions, labels (N, 7), clip ids) of the split's distinct clips, in
+    story order, each at the data module's fixed evaluation frame."""
+    from data_modules.flintstones import FlintstonesSVDataModule
+
+    datamodule = FlintstonesSVDataModule(root=str(data_root), resolution=resolution)
+    datamodule.setup("test" if split == "test" else "validate")
+    dataset = datamodule.datasets["test" if split == "test" else "val"]
+    seen, frames, captions, labels = [], [], [], []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        for j, clip in enumerate(item["clip_ids"]):
+            if clip not in seen:
+                seen.append(clip)
+                frames.append(item["images"][j])
+                captions.append(item["texts"][j])
+                labels.append(item["characters"][j])
+        if max_frames and len(seen) >= max_frames:
+            break
+    n = max_frames or len(seen)
+    return torch.stack(frames[:n]), captions[:n], torch.stack(labels[:n]), seen[:n]
+
+
+def image_metrics(frames: torch.Tensor, captions: list[str], labels: torch.Tensor | None, real: torch.Tensor,
+                  classifier, clip_model, inception_weights=None) -> tuple[dict[str, float], dict[str, str]]:
+    """Char-Acc / Char-F1 (if labels), FID against `real`, CLIPScore."""
+    from visiontales.evaluation.character_classifier import score_frames
+    from visiontales.evaluation.image_metrics import clip_score, frechet_distance
+
+    metrics = score_frames(classifier, frames, labels) if labels is not None else {}
+    fid, protocol = frechet_distance(real, frames, classifier, inception_weights)
+    metrics.update(fid=fid, clip_score=clip_score(clip_model, frames, captions))
+    return metrics, {"fid": protocol, "clip_score": "100 * max(cos, 0) with the project's CLIP"}
+
+
+@torch.no_grad()
+def draw_frames(visualizer, captions: list[str], seed: int, size: int, lora_alpha: float | None,
+                batch_size: int = 16) -> torch.Tensor:
+    frames = []
+    for start in range(0, len(captions), batch_size):
+        chunk = captions[start:start + batch_size]
+        seeds = [seed + start + i for i in range(len(chunk))]
+        frames.append(visualizer.generate(chunk, seeds=seeds, size=size, lora_alpha=lora_alpha).float().cpu())
+    return torch.cat(frames)
+
+
+def save_grid(frames: torch.Tensor, path: Path, nrow: int = 8) -> Path:
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image((frames.float().clamp(-1, 1) + 1) / 2, path, nrow=nrow, padding=2, pad_value=1.0)
+    return path
+
+
+def evaluate_visualizer(visualizer, checkpoint: Path, data_root: Path, split: str, out: Path, classifier,
+                        clip_model, max_frames: int | None, seed: int, lora_alpha: float | None,
+                        inception_weights=None, reference: bool = False) -> Evaluation:
+    """Frames drawn for the split's captions (or, with `reference`, the real frames themselves)."""
+    size = visualizer.hparams.resolution if visualizer is not None else 64
+    real, captions, labels, clips = split_clips(data_root, split, size, max_frames)
+    frames = real if reference else draw_frames(visualizer, captions, seed, size, lora_alpha)
+    metrics, protocols = image_metrics(frames, captions, labels, real, classifier, clip_model, inception_weights)
+    save_grid(torch.cat([frames[:8], real[:8]]), out / "samples.png")
+    shown = [{"clip": c, "caption": t} for c, t in zip(clips[:8], captions[:8], strict=True)]
+    (out / "samples.json").write_text(json.dumps(shown, indent=1))
+    kind = "real frames" if reference else type(visualizer).__name__
+    settings = {"seed": seed, "lora_alpha": lora_alpha, "resolution": size, "frames": "fixed evaluation frame"}
+    return Evaluation(kind, str(checkpoint), str(data_root), split, len(frames), metrics, protocols, settings)
+
+
+# ---------------------------------------------------------------------------------------- stories
+
+
+def read_stories(folder: Path) -> list[dict[str, Any]]:
+    """Every <folder>/**/story.json with its frames loaded ((N, 3, H, W) in [-1, 1])."""
+    stories = []
+    for path in sorted(folder.rglob("story.json")):
+        try:
+            record = json.loads(path.read_text())
+            frames = [np.asarray(Image.open(path.parent / name).convert("RGB")) for name in record["frames"]]
+        except (OSError, json.JSONDecodeError, KeyError) as e:
+            raise VisionTalesError(f"{path}: not a readable story ({type(e).__name__}: {e})") from e
+        record["frame_tensor"] = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        stories.append(record)
+    if not stories:
+        raise VisionTalesError(f"{folder}: no story.json found (write stories with `visiontales predict "
+                               f"--config experiments/sagan_story.yaml` or `visiontales story`)")
+    return stories
+
+
+def evaluate_stories(folder: Path, data_root: Path, split: str, out: Path, classifier, clip_model,
+                     inception_weights=None) -> Evaluation:
+    from torchmetrics.classification import MultilabelF1Score
+
+    from data_modules.flintstones import FlintstonesIndex
+    from visiontales.evaluation.character_classifier import score_frames
+    from visiontales.evaluation.character_mentions import named_characters
+    from visiontales.evaluation.text_metrics import coco_caption_scores
+
+    stories = read_stories(folder)
+    index = FlintstonesIndex(data_root)
+    clips_of = {story[0]: story for story in index.stories(split)[0]}
+    drawn, captions, given_frames, given_labels = [], [], [], []
+    predictions, references = {}, {}
+    for s in stories:
+        reference_captions = s["settings"].get("reference_captions") or []
+        clip_ids = clips_of.get(s["settings"].get("story_id"), [])
+        for step, caption in enumerate(s["captions"]):
+            if s["given_frames"][step]:
+                continue
+            drawn.append(s["frame_tensor"][step])
+            captions.append(caption)
+            if s["given_captions"][step] and step < len(clip_ids):
+                given_frames.append(s["frame_tensor"][step])
+                given_labels.append(torch.from_numpy(index.clips[clip_ids[step]].characters))
+            elif step < len(reference_captions):
+                key = f"{s['settings'].get('story_id', len(predictions))}#{step}"
+                predictions[key], references[key] = caption, [reference_captions[step]]
+    if not drawn:
+        raise VisionTalesError(f"{folder}: the stories hold no drawn frames to score")
+    frames = torch.stack(drawn)
+    size = frames.shape[-1]
+    real, *_ = split_clips(data_root, split, size, max(len(frames), 2))
+    metrics, protocols = image_metrics(frames, captions, None, real, classifier, clip_model, inception_weights)
+    named = named_characters(captions)
+    f1 = MultilabelF1Score(num_labels=named.shape[1], average="micro")
+    metrics["named_char_f1"] = float(f1(classifier.predict_characters(frames).cpu(), named.int()))
+    if given_frames:
+        given = score_frames(classifier, torch.stack(given_frames), torch.stack(given_labels))
+        metrics.update(given_char_acc=given["char_acc"], given_char_f1=given["char_f1"])
+    if predictions:
+        metrics.update({k: float(v) for k, v in coco_caption_scores(predictions, references).items()})
+    protocols["named_char_f1"] = "classifier decisions on each drawn frame vs the main characters its caption names"
+    return Evaluation("SAGANets stories", str(folder), str(data_root), split, len(frames), metrics, protocols,
+                      {"stories": len(stories), "generated_captions": len(predictions)})
