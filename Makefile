@@ -9,7 +9,9 @@ DEMO_DATA ?= data/vist-synthetic
 DEMO_FLINTSTONES ?= data/flintstones-synthetic
 export VISIONTALES_HOME ?= $(CURDIR)/.cache/visiontales
 
-.PHONY: help install test demo tensorboard lint clean
+PROFILE ?= tiny
+
+.PHONY: help install test demo reproduce-paper bootstrap tensorboard lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,6 +28,7 @@ test: install ## run the test suite (offline, CPU)
 	$(BIN)/python -m pytest
 
 demo: install ## the storyteller (VIST) and SAGANets (FlintstonesSV) trained on synthetic data on the CPU
+	$(VT) bootstrap
 	$(VT) data synth --dataset vist --out $(DEMO_DATA) --seed 0
 	$(VT) data check --dataset vist --root $(DEMO_DATA)
 	$(VT) fit --config experiments/tiny/clip_storyteller_prefix.yaml \
@@ -47,6 +50,14 @@ demo: install ## the storyteller (VIST) and SAGANets (FlintstonesSV) trained on 
 	@echo "  runs/tiny_clip_storyteller_prefix/demo   runs/tiny_sagan_captioner/demo   runs/tiny_sagan_lora/demo"
 	@echo "SAGANets storyboard: runs/demo-story/storyboard.png"
 	@echo "Open the logs with:  make tensorboard   (then browse http://localhost:6006)"
+	@echo "Every table and figure of both papers: make reproduce-paper PROFILE=tiny  (reports/tiny/index.html)"
+
+reproduce-paper: install ## both papers' tables and figures into reports/$(PROFILE)/index.html (PROFILE=tiny|paper)
+	$(VT) reproduce --profile $(PROFILE)
+	-@$(BIN)/python -m visiontales.screenshot reports/$(PROFILE)/index.html reports/$(PROFILE)/screenshot.png
+
+bootstrap: install ## train the tiny-domain backbones on synthetic data (once; cached in .cache/visiontales)
+	$(VT) bootstrap
 
 tensorboard: install ## serve the TensorBoard logs under runs/ on port 6006
 	$(BIN)/tensorboard --logdir runs --port 6006
@@ -55,5 +66,5 @@ lint: install ## ruff over the code
 	$(BIN)/ruff check visiontales data_modules tests bench
 
 clean: ## remove runs, demo data, caches and the virtual environment
-	rm -rf runs data .cache $(VENV) .pytest_cache .ruff_cache
+	rm -rf runs data reports .cache $(VENV) .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -64,3 +64,19 @@ class JSONPredictionWriter(BasePredictionWriter):
         for record in records[: self.show]:
             rank_zero_info("\n".join(f"{k:>10}: {v}" for k, v in record.items()) + "\n")
         rank_zero_info(f"wrote {len(records)} predictions to {out}")
+
+
+class EpochSnapshots(L.Callback):
+    """Saves a checkpoint at the end of the listed epochs (1-based) as
+    `<log dir>/checkpoints/epoch-<n>.ckpt`, beside what the model's own ModelCheckpoint keeps: for
+    comparing one run at several lengths (the GAN at 5 and 20 epochs, LoRA at 1 and more)."""
+
+    def __init__(self, epochs: list[int]) -> None:
+        self.epochs = set(epochs)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch in self.epochs:
+            path = Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints" / f"epoch-{epoch}.ckpt"
+            trainer.save_checkpoint(path)
+            rank_zero_info(f"saved {path}")

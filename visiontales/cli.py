@@ -28,6 +28,9 @@ Training and evaluation (LightningCLI; `visiontales <command> --help` lists ever
   predict    write predictions.json:   visiontales predict --config X.yaml --ckpt_path CKPT
 
 Other commands:
+  reproduce    every table and figure of both papers: reports/<profile>/index.html (--profile tiny|paper)
+  bootstrap    train the tiny-domain backbones (GPT-2, CLIP, Stable Diffusion) on synthetic data, once
+  evaluate     score a checkpoint or a folder of stories on a split: metrics.json + metrics.md
   story        continue a story: captioner and visualizer alternate (SAGANets), storyboard.png
   data synth   write a synthetic dataset in the real on-disk layout
   data check   validate a dataset folder and report what is kept and dropped
@@ -192,6 +195,96 @@ def export_lora_command(args: list[str]) -> int:
     return 0
 
 
+def evaluate_command(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="visiontales evaluate",
+        description="Score a trained model (text metrics for CLIPStoryteller and SAGANetsCaptioner; Char-Acc, "
+                    "Char-F1, FID and CLIPScore for the visualizers) or a folder of SAGANets stories (the whole "
+                    "pipeline) on a data split; writes metrics.json and metrics.md under --out.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="a checkpoint written by visiontales fit")
+    source.add_argument("--stories", type=Path, help="a folder of story.json + frame PNGs (predict / story)")
+    source.add_argument("--real-frames", action="store_true",
+                        help="score the split's real frames themselves (the ceiling of the image metrics)")
+    parser.add_argument("--data-root", type=Path, required=True, help="the dataset folder (VIST or FlintstonesSV)")
+    parser.add_argument("--split", choices=("val", "test"), default="test")
+    parser.add_argument("--out", type=Path, required=True, help="folder to write (created)")
+    parser.add_argument("--classifier", type=Path,
+                        help="CharacterClassifier checkpoint (experiments/character_classifier.yaml); "
+                             "needed for image metrics")
+    parser.add_argument("--clip", default="ViT-B-32@openai", help="CLIP for CLIPScore (a load_clip spec)")
+    parser.add_argument("--inception-weights", type=Path,
+                        help="torch-fidelity's InceptionV3 FID weights (default: the torch hub cache, if there); "
+                             "without them FID uses the classifier's features and says so")
+    parser.add_argument("--max-frames", type=int, help="score the first N distinct clips of the split (default all)")
+    parser.add_argument("--seed", type=int, default=0, help="the frame of clip i is drawn with seed + i")
+    parser.add_argument("--lora-alpha", type=float, help="LoRA alpha to draw with (0: the untrained base model)")
+    opts = parser.parse_args(args)
+
+    from visiontales.evaluation import evaluate as ev
+    from visiontales.models.common import load_any_checkpoint, load_checkpoint
+
+    model = load_any_checkpoint(opts.checkpoint) if opts.checkpoint else None
+    if model is not None and (hasattr(model, "generate_stories") or hasattr(model, "continue_story")):
+        result = ev.evaluate_text_model(model, opts.checkpoint, opts.data_root, opts.split, opts.out)
+    else:
+        from visiontales.backbones import load_clip
+        from visiontales.evaluation.character_classifier import CharacterClassifier
+
+        if opts.classifier is None:
+            raise VisionTalesError("--classifier is needed for image metrics (train one: visiontales fit "
+                                   "--config experiments/character_classifier.yaml)")
+        classifier, clip_model = load_checkpoint(CharacterClassifier, opts.classifier), load_clip(opts.clip)
+        if opts.stories:
+            result = ev.evaluate_stories(opts.stories, opts.data_root, opts.split, opts.out, classifier, clip_model,
+                                         opts.inception_weights)
+        else:
+            result = ev.evaluate_visualizer(model, opts.checkpoint or "real frames", opts.data_root, opts.split,
+                                            opts.out, classifier, clip_model, opts.max_frames, opts.seed,
+                                            opts.lora_alpha, opts.inception_weights, reference=model is None)
+    for path in result.write(opts.out):
+        print(f"wrote {path}")
+    print(", ".join(f"{ev.LABELS.get(k, k)} {v:.4f}" for k, v in result.metrics.items()))
+    return 0
+
+
+def reproduce_command(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="visiontales reproduce",
+        description="Train, sample and evaluate everything the two papers report, then write "
+                    "reports/<profile>/index.html. tiny: synthetic data, tiny-domain backbones, CPU (about 35 min "
+                    "on 2 cores). paper: the real datasets and weights on a GPU, checked before anything runs.")
+    parser.add_argument("--profile", choices=("tiny", "paper"), default="tiny")
+    parser.add_argument("--reports", type=Path, default=Path("reports"), help="reports folder (default reports/)")
+    parser.add_argument("--runs", type=Path, default=Path("runs"), help="runs folder (default runs/)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep finished training runs (their last.ckpt exists) instead of training them again")
+    opts = parser.parse_args(args)
+    from visiontales.reproduce import main as reproduce
+
+    return reproduce(opts.profile, opts.reports, opts.runs, opts.reuse)
+
+
+def bootstrap_command(args: list[str]) -> int:
+    argparse.ArgumentParser(
+        prog="visiontales bootstrap",
+        description="Train the tiny-domain backbones (GPT-2 + tokenizer, CLIP, Stable Diffusion VAE and UNet) on "
+                    "synthetic VIST and FlintstonesSV once and cache them under $VISIONTALES_HOME/backbones "
+                    "(about 8 min on 2 CPU cores); configs name them as 'tiny-domain'.").parse_args(args)
+    from visiontales.backbones import (
+        TINY_DOMAIN,
+        load_clip,
+        load_gpt2,
+        load_stable_diffusion,
+        tiny_backbone_dir,
+    )
+
+    load_gpt2(TINY_DOMAIN), load_clip(TINY_DOMAIN), load_stable_diffusion(TINY_DOMAIN)
+    for kind in ("gpt2", "clip", "sd"):
+        print(f"tiny-domain {kind}: {tiny_backbone_dir(TINY_DOMAIN, kind)}")
+    return 0
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is at the time of the record (it may be replaced)."""
 
@@ -228,6 +321,12 @@ def main(argv: list[str] | None = None) -> int:
             return tell_command(args[1:])
         if args[0] == "story":
             return story_command(args[1:])
+        if args[0] == "reproduce":
+            return reproduce_command(args[1:])
+        if args[0] == "bootstrap":
+            return bootstrap_command(args[1:])
+        if args[0] == "evaluate":
+            return evaluate_command(args[1:])
         if args[0] == "export-lora":
             return export_lora_command(args[1:])
         if args[0] not in LIGHTNING_COMMANDS:
