@@ -218,3 +218,18 @@ def test_paper_profile_without_data_stops_with_one_line_per_missing_item(tmp_pat
     assert any("VIST SIS annotations" in line for line in lines)
     assert any("stable-diffusion-v1-5" in line for line in lines)
     assert not (tmp_path / "r").exists()  # nothing ran
+
+
+@pytest.mark.skipif(not __import__("visiontales.screenshot", fromlist=["x"]).find_browser(),
+                    reason="no Chromium on this machine (apt-get install chromium)")
+def test_headless_chromium_renders_a_page(tmp_path):
+    from PIL import Image
+
+    from visiontales.screenshot import screenshot
+
+    page = tmp_path / "index.html"
+    page.write_text("<html><body style='background:#00ff00'><h1>VisionTales</h1></body></html>")
+    out = screenshot(page, tmp_path / "shot.png", width=320, height=200)
+    with Image.open(out) as img:
+        assert img.size == (320, 200)
+        assert img.convert("RGB").getpixel((300, 190)) == (0, 255, 0)  # the page's background, rendered

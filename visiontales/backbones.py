@@ -189,6 +189,11 @@ TINY_UNET = {"block_out_channels": (32, 64), "layers_per_block": 2, "sample_size
 TINY_VAE = {"block_out_channels": [32, 64], "in_channels": 3, "out_channels": 3,
             "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
             "latent_channels": 4, "norm_num_groups": 32, "scaling_factor": 0.18215}
+# tiny-domain: the VAE downsamples 4x (64 px frames -> 16x16 latents; SD's is 8x at 512 px) so
+# that the UNet trains in CPU minutes
+DOMAIN_VAE = {**TINY_VAE, "block_out_channels": [32, 64, 64], "down_block_types": ["DownEncoderBlock2D"] * 3,
+              "up_block_types": ["UpDecoderBlock2D"] * 3}
+DOMAIN_UNET = {**TINY_UNET, "sample_size": 16}
 TINY_TEXT = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 5,
              "vocab_size": 49408, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407,
              "max_position_embeddings": 77}
@@ -225,13 +230,13 @@ def clip_tokenizer_from_open_clip(directory: Path) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def _build_tiny_sd(directory: Path) -> None:
+def _build_tiny_sd(directory: Path, unet: dict = TINY_UNET, vae: dict = TINY_VAE) -> None:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(TINY_SEED)
-    UNet2DConditionModel(**TINY_UNET).save_pretrained(directory / "unet")
-    AutoencoderKL(**TINY_VAE).save_pretrained(directory / "vae")
+    UNet2DConditionModel(**unet).save_pretrained(directory / "unet")
+    AutoencoderKL(**vae).save_pretrained(directory / "vae")
     CLIPTextModel(CLIPTextConfig(**TINY_TEXT)).save_pretrained(directory / "text_encoder")
     clip_tokenizer_from_open_clip(directory / "tokenizer")
     DDPMScheduler(**SD_SCHEDULE).save_pretrained(directory / "scheduler")
@@ -296,7 +301,7 @@ def _build_domain_sd(directory: Path) -> None:
 
     from visiontales.bootstrap import train_unet, train_vae
 
-    _build_tiny_sd(directory)
+    _build_tiny_sd(directory, DOMAIN_UNET, DOMAIN_VAE)
     sd = StableDiffusion(UNet2DConditionModel.from_pretrained(directory / "unet"),
                          AutoencoderKL.from_pretrained(directory / "vae"),
                          CLIPTextModel.from_pretrained(directory / "text_encoder"),
@@ -334,6 +339,7 @@ def _ensure_tiny(kind: str, build) -> Path:
 
     recipe = {"kind": kind, "gpt2": TINY_GPT2, "vocab": TINY_GPT2_VOCAB, "clip": TINY_CLIP,
               "unet": TINY_UNET, "vae": TINY_VAE, "text": TINY_TEXT, "seed": TINY_SEED,
+              "domain_unet": DOMAIN_UNET, "domain_vae": DOMAIN_VAE,
               "corpus": len(synthetic.tokenizer_corpus())}
     if kind.startswith("domain-"):
         recipe["schedule"] = SCHEDULE

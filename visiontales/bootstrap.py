@@ -12,8 +12,9 @@ play (web-scale pretraining, here the synthetic world):
   FlintstonesSV frames with their sentences;
 - Stable Diffusion: the VAE learns to reconstruct 64 px frames of both worlds (its latent
   scaling factor measured as SD's was: 1 / std of the latents); the UNet is pretrained as a
-  text-to-image model on the VIST photos only, the "general domain", so that adapting it to
-  FlintstonesSV is still the LoRA visualizer's job. The text encoder stays random (frozen).
+  text-to-image model on the "general domain": the VIST photos and the FlintstonesSV settings with
+  nobody in them, never a character, so that drawing the characters is still the LoRA
+  visualizer's job. The text encoder stays random (frozen).
 
 Each is saved exactly like a hub checkpoint under $VISIONTALES_HOME/backbones/ and loaded back
 through the same `from_pretrained` paths as real weights. `visiontales bootstrap` builds all
@@ -37,8 +38,8 @@ from data_modules import synthetic as syn
 LOG = logging.getLogger("visiontales")
 SEED = 2024
 # training lengths (part of the cache key: change one and the backbone is rebuilt)
-# (about 1 + 1 + 3 + 3 minutes on 2 CPU cores)
-SCHEDULE = {"gpt2_steps": 600, "clip_steps": 400, "vae_steps": 300, "unet_steps": 200, "batch": 32,
+# (about 1 + 1 + 2 + 4 minutes on 2 CPU cores)
+SCHEDULE = {"gpt2_steps": 600, "clip_steps": 400, "vae_steps": 400, "unet_steps": 1200, "batch": 32,
             "vae_batch": 16, "sd_resolution": 64}
 
 
@@ -65,6 +66,20 @@ def flintstones_samples(n: int, seed: int) -> list[tuple[Image.Image, str]]:
         frames = syn.draw_clip(setting, cast, action, rng)
         pairs.append((Image.fromarray(frames[rng.randrange(len(frames))]),
                       syn.flintstones_caption(cast, action, setting)))
+    return pairs
+
+
+def empty_settings(n: int, seed: int) -> list[tuple[Image.Image, str]]:
+    """(a FlintstonesSV setting with nobody in it, "the <setting> is empty .") pairs."""
+    from PIL import ImageDraw
+
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        setting = rng.choice(list(syn.SETTINGS))
+        img = Image.new("RGB", (syn.FRAME_SIZE, syn.FRAME_SIZE))
+        syn._draw_background(ImageDraw.Draw(img), setting)
+        pairs.append((img, f"the {setting} is empty ."))
     return pairs
 
 
@@ -188,10 +203,11 @@ def train_vae(vae: torch.nn.Module, steps: int = SCHEDULE["vae_steps"]) -> list[
 
 
 def train_unet(sd, steps: int = SCHEDULE["unet_steps"]) -> list[float]:
-    """Text-to-image pretraining of the UNet on synthetic VIST photos (epsilon MSE), in place."""
+    """Text-to-image pretraining of the UNet (epsilon MSE), in place, on the "general domain":
+    synthetic VIST photos and the FlintstonesSV settings with nobody in them (never a character)."""
     torch.manual_seed(SEED)
     size = SCHEDULE["sd_resolution"]
-    pairs = vist_samples(800, SEED + 4)
+    pairs = vist_samples(800, SEED + 4) + empty_settings(200, SEED + 5)
     images = pixels([p for p, _ in pairs], size).float() / 127.5 - 1
     with torch.no_grad():
         ids = sd.tokenizer([t for _, t in pairs], padding="max_length", max_length=sd.tokenizer.model_max_length,
@@ -212,5 +228,5 @@ def train_unet(sd, steps: int = SCHEDULE["unet_steps"]) -> list[float]:
         optimizer.step()
         losses.append(loss.item())
     unet.eval()
-    _report("UNet text-to-image (VIST photos)", losses, start)
+    _report("UNet text-to-image (VIST photos, empty settings)", losses, start)
     return losses

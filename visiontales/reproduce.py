@@ -47,7 +47,7 @@ def profiles() -> dict[str, Profile]:
     return {
         "tiny": Profile("tiny", Path("experiments/tiny"), data / "vist-synthetic", data / "flintstones-synthetic",
                         "tiny-domain",
-                        lora_epochs=4, eval_frames=96,
+                        lora_epochs=4,
                         train={"gan": short, "clip_centric": short, "temporal_coherence": short, "combined": short}),
         "paper": Profile("paper", Path("experiments"), Path(os.environ.get("VIST_ROOT", data / "vist")),
                          Path(os.environ.get("FLINTSTONES_ROOT", data / "flintstones")), "ViT-B-32@openai",
@@ -114,12 +114,15 @@ class Runner:
     def config(self, stem: str) -> Path:
         return self.profile.experiments / f"{stem}.yaml"
 
+    def lightning_args(self, command: str, name: str, stem: str, root: Path) -> list[str]:
+        """`visiontales <command>` on `stem`'s config and `root`, logging to runs/<profile>/<name>/."""
+        return [command, "--config", str(self.config(stem)), "--data.init_args.root", str(root),
+                "--trainer.logger.init_args.save_dir", str(self.runs_dir), "--trainer.logger.init_args.name", name,
+                "--trainer.logger.init_args.version", "", "--trainer.enable_progress_bar", "false"]
+
     def fit(self, name: str, stem: str, root: Path, extra: list[str] = ()) -> Path:
         """Train `stem`'s config as run `name`; returns its log dir (runs/<profile>/<name>)."""
-        args = ["fit", "--config", str(self.config(stem)), "--data.init_args.root", str(root),
-                "--trainer.logger.init_args.save_dir", str(self.runs_dir), "--trainer.logger.init_args.name", name,
-                "--trainer.logger.init_args.version", "", "--trainer.enable_progress_bar", "false",
-                *self.profile.train.get(stem, []), *extra]
+        args = [*self.lightning_args("fit", name, stem, root), *self.profile.train.get(stem, []), *extra]
         run = self.runs_dir / name
         if self.reuse and (run / "checkpoints" / "last.ckpt").is_file():
             print(f"[{self.profile.name}] fit {name}: reusing {run}", flush=True)
@@ -156,21 +159,13 @@ def run_profile(profile: Profile, report_dir: Path, runs_dir: Path, reuse: bool 
     story_prompt = r.fit("storyteller_prompt", "clip_storyteller", vist, ["--trainer.max_epochs", "7"])
     for name, run in (("storyteller_prefix", story_prefix), ("storyteller_prompt", story_prompt)):
         r.evaluate(name, ["--checkpoint", str(run / ck), "--data-root", str(vist)])
-    r.vt("storyteller samples", ["predict", "--config", str(r.config("clip_storyteller_prefix")),
-                                 "--data.init_args.root", str(vist),
-                                 "--trainer.logger.init_args.save_dir", str(runs_dir),
-                                 "--trainer.logger.init_args.name", "storyteller_samples",
-                                 "--trainer.logger.init_args.version", "", "--trainer.enable_progress_bar", "false",
+    r.vt("storyteller samples", [*r.lightning_args("predict", "storyteller_samples", "clip_storyteller_prefix", vist),
                                  "--trainer.limit_predict_batches", "1", "--ckpt_path", str(story_prefix / ck)])
 
     # SAGANets: the character classifier (evaluation), captioner, LoRA visualizer
     classifier = r.fit("character_classifier", "character_classifier", flint) / ck
     captioner = r.fit("captioner", "sagan_captioner", flint, ["--trainer.max_epochs", "1"])
-    r.vt("captioner samples", ["predict", "--config", str(r.config("sagan_captioner")), "--data.init_args.root",
-                               str(flint),
-                               "--trainer.logger.init_args.save_dir", str(runs_dir),
-                               "--trainer.logger.init_args.name", "captioner_samples",
-                               "--trainer.logger.init_args.version", "", "--trainer.enable_progress_bar", "false",
+    r.vt("captioner samples", [*r.lightning_args("predict", "captioner_samples", "sagan_captioner", flint),
                                "--trainer.limit_predict_batches", "1", "--ckpt_path", str(captioner / ck)])
     r.evaluate("captioner", ["--checkpoint", str(captioner / ck), "--data-root", str(flint)])
     lora = r.fit("lora", "sagan_lora", flint, ["--trainer.max_epochs", str(profile.lora_epochs), *r.snapshots([1])])
@@ -191,11 +186,9 @@ def run_profile(profile: Profile, report_dir: Path, runs_dir: Path, reuse: bool 
         r.vt(f"story {name}", ["story", "--visualizer", str(checkpoint), *story, *extra,
                                "--out", str(report_dir / "stories" / name)])
     r.vt("stories from test prefixes", [
-        "predict", "--config", str(r.config("sagan_story")), "--data.init_args.root", str(flint),
+        *r.lightning_args("predict", "sagan_stories", "sagan_story", flint),
         "--model.init_args.captioner_checkpoint", str(captioner / ck), "--model.init_args.visualizer_checkpoint",
-        str(lora_1), "--model.init_args.lora_alpha", "10", "--trainer.logger.init_args.save_dir", str(runs_dir),
-        "--trainer.logger.init_args.name", "sagan_stories", "--trainer.logger.init_args.version", "",
-        "--trainer.limit_predict_batches", str(profile.stories), "--trainer.enable_progress_bar", "false"])
+        str(lora_1), "--model.init_args.lora_alpha", "10", "--trainer.limit_predict_batches", str(profile.stories)])
 
     # image metrics of every visualizer on the same captions and seeds
     image = ["--data-root", str(flint), "--classifier", str(classifier), "--clip", profile.clip]

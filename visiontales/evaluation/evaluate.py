@@ -16,6 +16,7 @@ metrics.json and metrics.md.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from dataclasses import dataclass, field
@@ -70,7 +71,9 @@ def _datamodule_for(model, checkpoint: Path, data_root: Path):
 
     cls = VISTDataModule if isinstance(model, CLIPStoryteller) else FlintstonesSVDataModule
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
-    return cls(**{**saved.get("datamodule_hyper_parameters", {}), "root": str(data_root)})
+    accepted = inspect.signature(cls.__init__).parameters  # LightningCLI also records _class_path etc.
+    hparams = {k: v for k, v in saved.get("datamodule_hyper_parameters", {}).items() if k in accepted}
+    return cls(**{**hparams, "root": str(data_root)})
 
 
 def evaluate_text_model(model, checkpoint: Path, data_root: Path, split: str, out: Path) -> Evaluation:
