@@ -43,7 +43,13 @@ class TrainableWeightsCheckpoint(L.LightningModule):
     """
 
     def trainable_keys(self) -> set[str]:
-        return {name for name, p in self.named_parameters(remove_duplicate=False) if p.requires_grad}
+        """The trainable parameters, and the buffers of the modules that own them (BatchNorm's
+        running statistics, spectral norm's power-iteration vectors): state learned in training."""
+        keys = {name for name, p in self.named_parameters(remove_duplicate=False) if p.requires_grad}
+        for prefix, module in self.named_modules(remove_duplicate=False):
+            if any(p.requires_grad for p in module.parameters(recurse=False)):
+                keys |= {f"{prefix}.{name}" if prefix else name for name, _ in module.named_buffers(recurse=False)}
+        return keys
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep = self.trainable_keys()
