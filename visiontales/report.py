@@ -80,28 +80,34 @@ class Page:
     def add(self, markup: str) -> None:
         self.parts.append(markup)
 
-    def image(self, path: Path | None, caption: str, name: str | None = None) -> None:
-        """Copy `path` into the report's assets and show it with its caption (or say it is missing)."""
-        if path is None or not Path(path).is_file():
-            self.add(f"<p class='missing'>{html.escape(caption)}: not produced</p>")
-            return
+    def asset(self, path: Path, name: str | None = None) -> str:
+        """Copy `path` into the report's assets; its link relative to the page."""
         target = self.root / "assets" / (name or Path(path).name)
         target.parent.mkdir(parents=True, exist_ok=True)
         if Path(path).resolve() != target.resolve():
             shutil.copyfile(path, target)
-        rel = target.relative_to(self.root).as_posix()
+        return target.relative_to(self.root).as_posix()
+
+    def image(self, path: Path | None, caption: str, name: str | None = None) -> None:
+        """Show `path` (copied into the assets) with its caption, or say that it was not produced."""
+        if path is None or not Path(path).is_file():
+            self.add(f"<p class='missing'>{html.escape(caption)}: not produced</p>")
+            return
+        rel = self.asset(path, name)
         self.add(f"<figure><a href='{rel}'><img src=\"{rel}\" alt=\"{html.escape(caption)}\"></a>"
                  f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
-    def table(self, header: list[str], rows: list[list[str]]) -> None:
+    def table(self, header: list[str], rows: list[list[str]], numeric: bool = False) -> None:
         head = "".join(f"<th>{h}</th>" for h in header)
         body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-        self.add(f"<table><tr>{head}</tr>{body}</table>")
+        self.add(f"<table{' class=num' if numeric else ''}><tr>{head}</tr>{body}</table>")
 
     def write(self, title: str) -> Path:
         style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
                  "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px;"
-                 "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+                 "text-align:left;vertical-align:top}.num td,.num th{text-align:right}"
+                 ".num td:first-child,.num th:first-child{text-align:left}img{max-width:100%}"
+                 "img.thumb{height:96px;margin-right:4px}"
                  "figure{margin:1em 0}figcaption{color:#555;font-size:90%}.missing{color:#a00}"
                  "pre{background:#f4f4f4;padding:8px;overflow-x:auto;font-size:85%}")
         page = self.root / "index.html"
@@ -153,7 +159,7 @@ def build_report(report_dir: Path, runs_dir: Path, manifest: dict[str, Any]) -> 
     page.add("<h2>Results</h2><p>Test split. Char-Acc and Char-F1 (x100) from the character classifier; "
              "FID by the protocol in its footnote; CLIPScore with the project's CLIP; text metrics "
              "(pycocoevalcap) for the models that write text, and for the pipeline's generated captions.</p>")
-    page.table(["approach", *(LABELS[c] for c in TABLE_COLUMNS)], rows)
+    page.table(["approach", *(LABELS[c] for c in TABLE_COLUMNS)], rows, numeric=True)
     page.add("<ul>" + "".join(f"<li>FID {mark}: {html.escape(protocol)}</li>" for protocol, mark in protocols.items())
              + "</ul>")
 
@@ -166,11 +172,15 @@ def build_report(report_dir: Path, runs_dir: Path, manifest: dict[str, Any]) -> 
                "Figure 2: training loss over the 7 epochs, prefix and prompt conditioning")
     samples = runs_dir / "storyteller_samples" / "predictions.json"
     if samples.is_file():
-        rows = [[html.escape(p["story_id"]), html.escape(" ".join(p["photo_ids"])), html.escape(p["story"]),
-                 html.escape(p["references"][0] if p["references"] else "")]
-                for p in json.loads(samples.read_text())[:6]]
+        photos = Path(manifest.get("vist_root", "")) / "images" / "test"
+        rows = []
+        for p in json.loads(samples.read_text())[:6]:
+            files = [next(iter(sorted(photos.glob(f"{photo}.*"))), None) for photo in p["photo_ids"]]
+            thumbs = "".join(f"<img class=thumb src=\"{page.asset(f, 'vist_' + f.name)}\" alt=\"{f.stem}\">"
+                             for f in files if f is not None) or html.escape(" ".join(p["photo_ids"]))
+            rows.append([thumbs, html.escape(p["story"]), html.escape(p["references"][0] if p["references"] else "")])
         page.add("<h3>Figure 4: stories for three-image sequences (test split)</h3>")
-        page.table(["story", "photos", "generated", "a reference"], rows)
+        page.table(["photos", "generated", "a reference"], rows)
 
     page.add("<h2>SAGANets (story &rarr; images)</h2>")
     boards = report_dir / "stories"

@@ -206,7 +206,7 @@ def run_profile(profile: Profile, report_dir: Path, runs_dir: Path, reuse: bool 
         r.evaluate(_slug(name), [*args, *image])
     r.evaluate("saganets_pipeline", ["--stories", str(runs_dir / "sagan_stories"), *image])
 
-    manifest = {"profile": profile.name, "runs": r.runs, "timings_s": r.timings,
+    manifest = {"profile": profile.name, "vist_root": str(vist), "runs": r.runs, "timings_s": r.timings,
                 "visualizers": {name: _slug(name) for name in visualizers}, "boards": list(boards),
                 "lora_epochs": profile.lora_epochs}
     (report_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
