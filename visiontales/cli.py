@@ -252,7 +252,7 @@ def reproduce_command(args: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="visiontales reproduce",
         description="Train, sample and evaluate everything the two papers report, then write "
-                    "reports/<profile>/index.html. tiny: synthetic data, tiny-domain backbones, CPU (about 35 min "
+                    "reports/<profile>/index.html. tiny: synthetic data, tiny-domain backbones, CPU (about 25 min "
                     "on 2 cores). paper: the real datasets and weights on a GPU, checked before anything runs.")
     parser.add_argument("--profile", choices=("tiny", "paper"), default="tiny")
     parser.add_argument("--reports", type=Path, default=Path("reports"), help="reports folder (default reports/)")

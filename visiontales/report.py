@@ -158,7 +158,10 @@ def build_report(report_dir: Path, runs_dir: Path, manifest: dict[str, Any]) -> 
     rows, protocols = results_rows(report_dir, manifest)
     page.add("<h2>Results</h2><p>Test split. Char-Acc and Char-F1 (x100) from the character classifier; "
              "FID by the protocol in its footnote; CLIPScore with the project's CLIP; text metrics "
-             "(pycocoevalcap) for the models that write text, and for the pipeline's generated captions.</p>")
+             "(pycocoevalcap) for the models that write text, and for the pipeline's generated captions. "
+             "The GAN family trains against the same CLIP (its L_clip term), so its CLIPScore is partly "
+             "optimised directly; Char-F1 and FID are not. Each row links its metrics.md (the pipeline's "
+             "also has Char-F1 against the characters its captions name).</p>")
     page.table(["approach", *(LABELS[c] for c in TABLE_COLUMNS)], rows, numeric=True)
     page.add("<ul>" + "".join(f"<li>FID {mark}: {html.escape(protocol)}</li>" for protocol, mark in protocols.items())
              + "</ul>")
