@@ -270,7 +270,7 @@ def bootstrap_command(args: list[str]) -> int:
         prog="visiontales bootstrap",
         description="Train the tiny-domain backbones (GPT-2 + tokenizer, CLIP, Stable Diffusion VAE and UNet) on "
                     "synthetic VIST and FlintstonesSV once and cache them under $VISIONTALES_HOME/backbones "
-                    "(about 8 min on 2 CPU cores); configs name them as 'tiny-domain'.").parse_args(args)
+                    "(about 7 min on 2 CPU cores); configs name them as 'tiny-domain'.").parse_args(args)
     from visiontales.backbones import (
         TINY_DOMAIN,
         load_clip,
