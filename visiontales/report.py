@@ -125,7 +125,7 @@ def results_rows(report_dir: Path, manifest: dict[str, Any]) -> tuple[list[list[
     """One row per approach; the FID protocols met, for the footnote."""
     entries = [("CLIPStoryteller, prefix conditioning", "storyteller_prefix"),
                ("CLIPStoryteller, prompt conditioning (paper)", "storyteller_prompt"),
-               ("SAGANets captioner (1 epoch)", "captioner"),
+               ("SAGANets captioner (1 epoch; Char-F1 of the characters its captions name)", "captioner"),
                *((name, slug) for name, slug in manifest["visualizers"].items()),
                ("SAGANets pipeline (captioner + LoRA 1 epoch, alpha 10)", "saganets_pipeline")]
     rows, protocols = [], {}
