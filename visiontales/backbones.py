@@ -296,17 +296,10 @@ def _build_domain_gpt2(directory: Path) -> None:
 
 
 def _build_domain_sd(directory: Path) -> None:
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
     from visiontales.bootstrap import train_unet, train_vae
 
     _build_tiny_sd(directory, DOMAIN_UNET, DOMAIN_VAE)
-    sd = StableDiffusion(UNet2DConditionModel.from_pretrained(directory / "unet"),
-                         AutoencoderKL.from_pretrained(directory / "vae"),
-                         CLIPTextModel.from_pretrained(directory / "text_encoder"),
-                         CLIPTokenizer.from_pretrained(directory / "tokenizer"),
-                         DDPMScheduler.from_pretrained(directory / "scheduler"))
+    sd = load_stable_diffusion(str(directory))
     sd.text_encoder.requires_grad_(False)
     train_vae(sd.vae)
     sd.vae.requires_grad_(False)

@@ -222,10 +222,10 @@ def evaluate_command(args: list[str]) -> int:
     opts = parser.parse_args(args)
 
     from visiontales.evaluation import evaluate as ev
-    from visiontales.models.common import load_any_checkpoint, load_checkpoint
+    from visiontales.models.common import TextGenerationModule, load_any_checkpoint, load_checkpoint
 
     model = load_any_checkpoint(opts.checkpoint) if opts.checkpoint else None
-    if model is not None and (hasattr(model, "generate_stories") or hasattr(model, "continue_story")):
+    if isinstance(model, TextGenerationModule):
         result = ev.evaluate_text_model(model, opts.checkpoint, opts.data_root, opts.split, opts.out)
     else:
         from visiontales.backbones import load_clip
@@ -315,20 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args or args[0] in ("-h", "--help"):
             print(USAGE)
             return 0
-        if args[0] == "data":
-            return data_command(args[1:])
-        if args[0] == "tell":
-            return tell_command(args[1:])
-        if args[0] == "story":
-            return story_command(args[1:])
-        if args[0] == "reproduce":
-            return reproduce_command(args[1:])
-        if args[0] == "bootstrap":
-            return bootstrap_command(args[1:])
-        if args[0] == "evaluate":
-            return evaluate_command(args[1:])
-        if args[0] == "export-lora":
-            return export_lora_command(args[1:])
+        if args[0] in COMMANDS:
+            return COMMANDS[args[0]](args[1:])
         if args[0] not in LIGHTNING_COMMANDS:
             raise VisionTalesError(f"unknown command '{args[0]}' (see `visiontales --help`)")
         run_lightning(None if argv is None else args)
@@ -339,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     except argparse.ArgumentError as e:  # jsonargparse: a config key or value that does not parse
         print(f"error: {config_error_line(str(e), args)}", file=sys.stderr)
         return 2
+
+
+COMMANDS = {"data": data_command, "tell": tell_command, "story": story_command, "export-lora": export_lora_command,
+            "evaluate": evaluate_command, "reproduce": reproduce_command, "bootstrap": bootstrap_command}
 
 
 def config_error_line(message: str, args: list[str]) -> str:

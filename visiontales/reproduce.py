@@ -37,7 +37,6 @@ class Profile:
     clip: str  # the CLIP that scores CLIPScore
     lora_epochs: int  # the "more than one epoch" LoRA run
     train: dict[str, list[str]] = field(default_factory=dict)  # extra trainer arguments per config
-    eval_frames: int | None = None
     stories: int = 4
 
 
@@ -192,8 +191,6 @@ def run_profile(profile: Profile, report_dir: Path, runs_dir: Path, reuse: bool 
 
     # image metrics of every visualizer on the same captions and seeds
     image = ["--data-root", str(flint), "--classifier", str(classifier), "--clip", profile.clip]
-    if profile.eval_frames:
-        image += ["--max-frames", str(profile.eval_frames)]
     visualizers = {"real frames": ["--real-frames"],
                    "LoRA untrained (alpha 0)": ["--checkpoint", str(lora_1), "--lora-alpha", "0"],
                    "LoRA 1 epoch, alpha 32": ["--checkpoint", str(lora_1), "--lora-alpha", "32"],

@@ -97,24 +97,16 @@ def evaluate_text_model(model, checkpoint: Path, data_root: Path, split: str, ou
 def split_clips(data_root: Path, split: str, resolution: int, max_frames: int | None):
     """(frames (N, 3, R, R), captions, labels (N, 7), clip ids) of the split's distinct clips, in
     story order, each at the data module's fixed evaluation frame."""
-    from data_modules.flintstones import FlintstonesSVDataModule
+    from data_modules.flintstones import FlintstonesSVDataModule, read_frame
 
     datamodule = FlintstonesSVDataModule(root=str(data_root), resolution=resolution)
     datamodule.setup("test" if split == "test" else "validate")
-    dataset = datamodule.datasets["test" if split == "test" else "val"]
-    seen, frames, captions, labels = [], [], [], []
-    for i in range(len(dataset)):
-        item = dataset[i]
-        for j, clip in enumerate(item["clip_ids"]):
-            if clip not in seen:
-                seen.append(clip)
-                frames.append(item["images"][j])
-                captions.append(item["texts"][j])
-                labels.append(item["characters"][j])
-        if max_frames and len(seen) >= max_frames:
-            break
-    n = max_frames or len(seen)
-    return torch.stack(frames[:n]), captions[:n], torch.stack(labels[:n]), seen[:n]
+    stories = datamodule.datasets["test" if split == "test" else "val"].stories
+    clips = list(dict.fromkeys(clip for story in stories for clip in story))[:max_frames or None]
+    index, frame = datamodule.index, datamodule.hparams.eval_frame
+    frames = torch.stack([read_frame(index.frames_path(c), frame, resolution) for c in clips])
+    labels = torch.stack([torch.from_numpy(index.clips[c].characters) for c in clips])
+    return frames, [index.clips[c].caption for c in clips], labels, clips
 
 
 def image_metrics(frames: torch.Tensor, captions: list[str], labels: torch.Tensor | None, real: torch.Tensor,

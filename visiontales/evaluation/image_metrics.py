@@ -59,7 +59,7 @@ class ClassifierFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier.features(images.float() / 127.5 - 1).double()
+        return self.classifier.features(images.float() / 127.5 - 1)
 
 
 def fid_metric(classifier=None, inception_weights: str | Path | None = None):
