@@ -10,7 +10,6 @@ for each, over one or more data seeds.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -40,11 +39,12 @@ def main() -> None:
     opts = parser.parse_args()
 
     from data_modules.synthetic import write_synthetic_flintstones
+    from visiontales.bootstrap import build_domain_backbones
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        os.environ.setdefault("VISIONTALES_HOME", str(tmp / "home"))
+        build_domain_backbones()  # the tiny configs name tiny-domain: built once, kept in VISIONTALES_HOME
         for seed in opts.seeds:
             root = tmp / f"flintstones-{seed}"
             write_synthetic_flintstones(root, seed=seed, episodes=opts.episodes)

@@ -10,7 +10,6 @@ side by side. Both runs go through the same LightningCLI path as `visiontales fi
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -39,10 +38,11 @@ def main() -> None:
     opts = parser.parse_args()
 
     from data_modules.synthetic import write_synthetic_vist
+    from visiontales.bootstrap import build_domain_backbones
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        os.environ.setdefault("VISIONTALES_HOME", str(tmp / "home"))
+        build_domain_backbones()  # the tiny configs name tiny-domain: built once, kept in VISIONTALES_HOME
         write_synthetic_vist(tmp / "vist", seed=opts.seed, albums=opts.albums)
         results = {}
         for name, config in (("prompt", "clip_storyteller.yaml"), ("prefix", "clip_storyteller_prefix.yaml")):

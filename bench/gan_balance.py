@@ -30,11 +30,12 @@ def main() -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from data_modules.synthetic import write_synthetic_flintstones
+    from visiontales.bootstrap import build_domain_backbones
     from visiontales.cli import main as visiontales
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        os.environ.setdefault("VISIONTALES_HOME", str(tmp / "home"))
+        build_domain_backbones()  # the tiny configs name tiny-domain: built once, kept in VISIONTALES_HOME
         write_synthetic_flintstones(tmp / "f", seed=0, episodes=opts.episodes)
         start = time.perf_counter()
         assert visiontales(["fit", "--config", str(REPO / "experiments" / "tiny" / opts.config),

@@ -38,7 +38,7 @@ def plain_loop(root: Path, steps: int, resolution: int, batch_size: int) -> floa
     times, done = [time.perf_counter()], 0
     while done < steps:
         for batch in dm.train_dataloader():
-            loss = model.diffusion_loss(*model.targets(batch))
+            loss = model.diffusion_loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

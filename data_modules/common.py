@@ -1,9 +1,12 @@
-"""What every data module here shares: dict batches, per-split datasets, stage -> splits."""
+"""What every data module here shares: dict batches, per-split datasets built on first use and
+reported, stage -> splits, loader options."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -16,6 +19,24 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
+@dataclass
+class SplitReport:
+    """What one split of a dataset yielded: counts in the order they are found and kept (e.g.
+    {"stories": 96, "sequences": 93}), dropped items by reason, and, when nothing was usable, why."""
+
+    reasons: tuple[str, ...]  # every drop reason this dataset knows, reported even when zero
+    counts: dict[str, int] = field(default_factory=dict)
+    dropped: Counter = field(default_factory=Counter)
+    problem: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.counts, "dropped": {reason: self.dropped.get(reason, 0) for reason in self.reasons}}
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{n} {name}" for name, n in self.counts.items())
+        return f"{counts} kept; dropped: " + ", ".join(f"{r}={self.dropped.get(r, 0)}" for r in self.reasons)
+
+
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack tensors along a new batch dim; keep everything else as per-item lists."""
     batch = {}
@@ -26,19 +47,37 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class SplitDataModule(L.LightningDataModule):
-    """A data module with one dataset per split, built on first use by `build_split`.
+    """A data module with one dataset per split, built on first use by `build_split`, and the
+    loader options below.
 
-    Subclasses take `batch_size`, `eval_batch_size`, `num_workers`, `pin_memory` and
-    `predict_split` among their (saved) hyper-parameters and implement `build_split`, which
-    returns the split's dataset and a report whose `problem` says why nothing was usable.
+    Subclasses forward these options (`**kwargs` to `super().__init__`), set `name`, and implement
+    `build_split`, which returns the split's dataset and its `SplitReport` (logged once here).
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.datasets: dict[str, Dataset] = {}
-        self.reports: dict[str, Any] = {}
+    name = ""
 
-    def build_split(self, split: str) -> tuple[Dataset, Any]:
+    def __init__(
+        self,
+        batch_size: int = 8,
+        eval_batch_size: int = 16,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        predict_split: Literal["train", "val", "test"] = "test",
+    ) -> None:
+        """
+        Args:
+            batch_size: training batch size.
+            eval_batch_size: batch size for validation, test and predict.
+            num_workers: DataLoader worker processes.
+            pin_memory: pin host memory for faster copies to the GPU.
+            predict_split: the split that `predict` runs on.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.datasets: dict[str, Dataset] = {}
+        self.reports: dict[str, SplitReport] = {}
+
+    def build_split(self, split: str) -> tuple[Dataset, SplitReport]:
         raise NotImplementedError
 
     def splits_for(self, stage: str) -> list[str]:
@@ -49,6 +88,7 @@ class SplitDataModule(L.LightningDataModule):
         for split in self.splits_for(stage):
             if split not in self.datasets:
                 dataset, report = self.build_split(split)
+                log.info("%s %s: %s", self.name, split, report.summary())
                 if len(dataset) == 0:
                     raise VisionTalesError(report.problem)
                 self.datasets[split], self.reports[split] = dataset, report

@@ -1,7 +1,6 @@
 """FlintstonesSV stories with SAGANets' variable-length caption prefixes.
 
-Reads the layout of adymaharana/storydalle (flintstones_dataloader.py) and xichenpan/ARLDM (see
-shared/reference/datasets.md):
+Reads the layout of adymaharana/storydalle (flintstones_dataloader.py) and xichenpan/ARLDM:
 
     <root>/flintstones_annotations_v1-0.json      per-clip records: globalID, description, setting, characters
     <root>/train-val-test_split.json              {"train": [globalID, ...], "val": [...], "test": [...]}
@@ -11,7 +10,7 @@ shared/reference/datasets.md):
 
 A story is a clip and its 4 followers (same season and episode), kept only when all five have
 frames of the right shape and a caption; a story belongs to the split of its first clip, as in
-StoryDALL-E. SAGANets (shared/papers/saganets.md, section 4.3) trains on a prefix of k ~ U{0..K}
+StoryDALL-E. SAGANets (the SAGANets paper, section 4.3) trains on a prefix of k ~ U{0..K}
 caption-image pairs and the target step k+1; validation and test fix k per story (seeded) and
 use the middle frame of each clip, so their scores repeat.
 """
@@ -23,8 +22,7 @@ import logging
 import pickle
 import random
 import zlib
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from data_modules.common import SPLITS, SplitDataModule
+from data_modules.common import SPLITS, SplitDataModule, SplitReport
 from visiontales.errors import VisionTalesError
+from visiontales.vocabulary import MAIN_CHARACTERS, STORY_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +44,7 @@ LABELS = "labels.pkl"
 FRAMES_DIR = "video_frames_sampled"
 FRAMES = 5
 FRAME_SHAPE = (FRAMES, 128, 128, 3)
-STORY_LENGTH = 5
 DROP_REASONS = ("missing_frames", "bad_frames", "empty_caption", "no_followers")
-# the order of the 7-dim character labels in StoryGAN / StoryDALL-E / AR-LDM
-MAIN_CHARACTERS = ("Wilma", "Fred", "Betty", "Barney", "Dino", "Pebbles", "Mr Slate")
 
 
 def main_character_labels(characters: list[dict]) -> np.ndarray:
@@ -80,20 +76,6 @@ class Clip:
     caption: str
     setting: str
     characters: np.ndarray  # (7,) multi-hot
-
-
-@dataclass
-class SplitReport:
-    """One split: clips the split file names, stories kept, and dropped stories by reason."""
-
-    clips: int = 0
-    stories: int = 0
-    dropped: Counter = field(default_factory=Counter)
-    problem: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"clips": self.clips, "stories": self.stories,
-                "dropped": {reason: self.dropped.get(reason, 0) for reason in DROP_REASONS}}
 
 
 def _load_json(path: Path) -> Any:
@@ -169,7 +151,7 @@ class FlintstonesIndex:
     def stories(self, split: str) -> tuple[list[list[str]], SplitReport]:
         """The split's stories (5 clip ids each) and the report of what was dropped and why."""
         ids = self.splits.get(split, [])
-        report = SplitReport(clips=len(ids))
+        report = SplitReport(DROP_REASONS, {"clips": len(ids)})
         kept = []
         for clip in ids:
             followers = self.followings.get(clip)
@@ -186,7 +168,7 @@ class FlintstonesIndex:
                 report.dropped["empty_caption"] += 1
             else:
                 kept.append(story)
-        report.stories = len(kept)
+        report.counts["stories"] = len(kept)
         if not kept:
             frames_dir = self.root / FRAMES_DIR
             if ids and not frames_dir.is_dir():
@@ -201,7 +183,7 @@ def check_dataset(root: str | Path) -> dict[str, Any]:
     """The report of `visiontales data check --dataset flintstones`."""
     index = FlintstonesIndex(root)
     reports = {split: index.stories(split)[1] for split in index.splits}
-    if not any(r.stories for r in reports.values()):
+    if not any(r.counts["stories"] for r in reports.values()):
         problems = [r.problem for r in reports.values()] or [f"{Path(root) / SPLIT_FILE}: no split listed"]
         raise VisionTalesError(problems[0])
     return {"dataset": "flintstones", "splits": {split: r.as_dict() for split, r in reports.items()}}
@@ -255,6 +237,8 @@ class FlintstonesStories(Dataset):
 class FlintstonesSVDataModule(SplitDataModule):
     """FlintstonesSV five-clip stories with a SAGANets prefix length per item."""
 
+    name = "FlintstonesSV"
+
     def __init__(
         self,
         root: str = "data/flintstones",
@@ -262,11 +246,7 @@ class FlintstonesSVDataModule(SplitDataModule):
         resolution: int = 128,
         eval_frame: int = 2,
         seed: int = 0,
-        batch_size: int = 8,
-        eval_batch_size: int = 32,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        predict_split: Literal["train", "val", "test"] = "test",
+        **kwargs: Any,
     ) -> None:
         """
         Args:
@@ -277,18 +257,14 @@ class FlintstonesSVDataModule(SplitDataModule):
             eval_frame: the frame of each clip (0-4) used for validation, test and predict;
                 training draws one at random.
             seed: seeds the fixed prefix length of each validation and test story.
-            batch_size: training batch size.
-            eval_batch_size: batch size for validation, test and predict.
-            num_workers: DataLoader worker processes.
-            pin_memory: pin host memory for faster copies to the GPU.
-            predict_split: the split that `predict` runs on.
+            **kwargs: the loader options of SplitDataModule (batch_size, eval_batch_size,
+                num_workers, pin_memory, predict_split).
         """
-        super().__init__()
         if not 0 <= max_prefix_len <= STORY_LENGTH - 1:
             raise VisionTalesError(f"max_prefix_len must be within 0..{STORY_LENGTH - 1}, got {max_prefix_len}")
         if not 0 <= eval_frame < FRAMES:
             raise VisionTalesError(f"eval_frame must be within 0..{FRAMES - 1}, got {eval_frame}")
-        self.save_hyperparameters()
+        super().__init__(**kwargs)
         self._index: FlintstonesIndex | None = None
 
     @property
@@ -309,8 +285,6 @@ class FlintstonesSVDataModule(SplitDataModule):
 
     def build_split(self, split: str) -> tuple[FlintstonesStories, SplitReport]:
         stories, report = self.index.stories(split)
-        dropped = ", ".join(f"{r}={report.dropped.get(r, 0)}" for r in DROP_REASONS)
-        log.info("FlintstonesSV %s: %d clips, %d stories kept, dropped: %s", split, report.clips, report.stories, dropped)
         h = self.hparams
         return FlintstonesStories(self.index, stories, split == "train", h.max_prefix_len, h.resolution,
                                   h.eval_frame, h.seed), report

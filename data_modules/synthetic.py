@@ -1,7 +1,7 @@
 """Synthetic stand-ins for the papers' datasets, written in the real on-disk layouts.
 
-The loaders never know they are reading synthetic data: every file here follows the layout in
-shared/reference/datasets.md. The pictures carry what the captions say (a scene drawn as the
+The loaders never know they are reading synthetic data: every file here follows the datasets'
+published layouts (the reference loaders named below). The pictures carry what the captions say (a scene drawn as the
 background, one object per photo), so a model that looks at the images can beat one that does not.
 A few defects are written on purpose so that the loaders' filters are exercised.
 
@@ -30,12 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from data_modules.flintstones import (
-    FRAMES,
-    MAIN_CHARACTERS,
-    main_character_labels,
-    rebuild_following_cache,
-)
+from data_modules.flintstones import FRAMES, main_character_labels, rebuild_following_cache
+from visiontales.vocabulary import MAIN_CHARACTERS
 
 IMAGE_SIZE = (256, 192)  # (W, H): 4:3 like most Flickr photos; CLIP centre-crops the middle
 

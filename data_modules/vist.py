@@ -1,6 +1,6 @@
 """VIST three-image sequences (Huang et al. 2016) for the VisionTales storyteller.
 
-Reads the layout of lichengunc/vist_api (see shared/reference/datasets.md):
+Reads the layout of lichengunc/vist_api:
 
     <root>/annotations/sis/{train,val,test}.story-in-sequence.json
     <root>/images/{train,val,test}/<photo_flickr_id>.{jpg,png,gif,bmp}
@@ -18,10 +18,9 @@ of lichengunc/vist_eval, where references are keyed by the photo sequence.
 from __future__ import annotations
 
 import json
-import logging
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,10 +29,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 
-from data_modules.common import SPLITS, SplitDataModule
+from data_modules.common import SPLITS, SplitDataModule, SplitReport
 from visiontales.errors import VisionTalesError
-
-log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 DROP_REASONS = ("missing_image", "unreadable_image", "empty_caption")
@@ -56,21 +53,6 @@ class Sequence:
     photo_ids: list[str]
     texts: list[str]
     image_paths: list[Path]
-
-
-@dataclass
-class SplitReport:
-    """What was found in one split: stories, kept sequences and drops by reason."""
-
-    stories: int = 0
-    sequences: int = 0
-    dropped: Counter = field(default_factory=Counter)
-    problem: str = ""  # why nothing was usable, when that is the case
-
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"stories": self.stories, "sequences": self.sequences,
-                "dropped": {reason: self.dropped.get(reason, 0) for reason in DROP_REASONS}}
 
 
 def read_stories(path: Path, text_field: str = "text") -> dict[str, list[tuple[str, str]]]:
@@ -126,7 +108,7 @@ def build_sequences(root: Path, split: str, windows: Literal["first", "all"] = "
     image_dir = root / "images" / split
     images = index_images(image_dir)
     readable: dict[str, bool] = {}
-    report = SplitReport(stories=len(stories))
+    report = SplitReport(DROP_REASONS, {"stories": len(stories)})
     sequences = []
     for story_id, story in sorted(stories.items()):
         starts = [0] if windows == "first" else range(len(story) - SEQUENCE_LENGTH + 1)
@@ -149,7 +131,7 @@ def build_sequences(root: Path, split: str, windows: Literal["first", "all"] = "
                 report.dropped["empty_caption"] += 1
                 continue
             sequences.append(Sequence(story_id, photo_ids, texts, [images[p] for p in photo_ids]))
-    report.sequences = len(sequences)
+    report.counts["sequences"] = len(sequences)
     if not sequences:
         if not image_dir.is_dir():
             report.problem = f"{image_dir}: image folder not found (expected images/{split}/<photo_id>.jpg)"
@@ -169,7 +151,7 @@ def check_dataset(root: str | Path, windows: Literal["first", "all"] = "first") 
     if not reports:
         raise VisionTalesError(f"{root / 'annotations' / 'sis'}: no <split>.story-in-sequence.json found "
                                f"for any of {', '.join(SPLITS)}")
-    if not any(r.sequences for r in reports.values()):
+    if not any(r.counts["sequences"] for r in reports.values()):
         raise VisionTalesError(next(iter(reports.values())).problem)
     return {"dataset": "vist", "splits": {split: r.as_dict() for split, r in reports.items()}}
 
@@ -234,6 +216,8 @@ class VISTSequences(Dataset):
 class VISTDataModule(SplitDataModule):
     """VIST three-image sequences, as in the VisionTales paper (about 3,000 kept sequences)."""
 
+    name = "VIST"
+
     def __init__(
         self,
         root: str = "data/vist",
@@ -243,10 +227,7 @@ class VISTDataModule(SplitDataModule):
         image_mean: tuple[float, float, float] = CLIP_MEAN,
         image_std: tuple[float, float, float] = CLIP_STD,
         batch_size: int = 1,
-        eval_batch_size: int = 16,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        predict_split: Literal["train", "val", "test"] = "test",
+        **kwargs: Any,
     ) -> None:
         """
         Args:
@@ -258,13 +239,10 @@ class VISTDataModule(SplitDataModule):
             image_mean: per-channel mean of CLIP's normalisation.
             image_std: per-channel std of CLIP's normalisation.
             batch_size: training batch size (the paper used 1).
-            eval_batch_size: batch size for validation, test and predict.
-            num_workers: DataLoader worker processes.
-            pin_memory: pin host memory for faster copies to the GPU.
-            predict_split: the split that `predict` writes stories for.
+            **kwargs: the loader options of SplitDataModule (eval_batch_size, num_workers,
+                pin_memory, predict_split).
         """
-        super().__init__()
-        self.save_hyperparameters()
+        super().__init__(batch_size=batch_size, **kwargs)
         self.root = Path(root)
         self.transform = clip_transform(image_size, image_mean, image_std)
 
@@ -276,9 +254,6 @@ class VISTDataModule(SplitDataModule):
 
     def build_split(self, split: str) -> tuple[VISTSequences, SplitReport]:
         sequences, report = build_sequences(self.root, split, self.hparams.windows, self.hparams.text_field)
-        dropped = ", ".join(f"{r}={report.dropped.get(r, 0)}" for r in DROP_REASONS)
-        log.info("VIST %s: %d stories, %d sequences kept, dropped: %s",
-                 split, report.stories, report.sequences, dropped)
         return VISTSequences(sequences, self.transform, distinct=split != "train"), report
 
     def image_paths(self, stage: str) -> dict[str, Path]:

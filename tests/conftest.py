@@ -27,6 +27,13 @@ def visiontales_home(tmp_path_factory) -> Path:
     return home
 
 
+@pytest.fixture(autouse=True)
+def _work_in_tmp_path(tmp_path, monkeypatch) -> None:
+    """Every test runs in its own folder: nothing a run writes by default (runs/, checkpoints/)
+    lands in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def vist_root(tmp_path_factory) -> Path:
     from data_modules.synthetic import write_synthetic_vist
@@ -66,3 +73,26 @@ def tiny_overrides(config: str, root: Path, out: Path, **trainer) -> list[str]:
     for key, value in trainer.items():
         args += [f"--trainer.{key}", str(value)]
     return args
+
+
+def fit_twice_and_resumed(make_model, flintstones_root: Path, out: Path, batches: int = 3):
+    """A model's learned state after 2 epochs straight, and after 1 epoch and then `fit
+    --ckpt_path last.ckpt` to 2 epochs (each run seeded alike, as `seed_everything` in a config)."""
+    import lightning as L
+
+    from data_modules.flintstones import FlintstonesSVDataModule
+
+    def fit(folder: Path, epochs: int, ckpt_path: Path | None = None) -> dict:
+        L.seed_everything(0)
+        model = make_model()
+        trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, limit_train_batches=batches, limit_val_batches=1,
+                            logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            default_root_dir=folder)
+        datamodule = FlintstonesSVDataModule(str(flintstones_root), resolution=32, batch_size=2, eval_batch_size=2)
+        trainer.fit(model, datamodule, ckpt_path=ckpt_path)
+        assert trainer.current_epoch == epochs
+        return {k: v.detach().clone() for k, v in model.state_dict().items() if k in model.learned_keys()}
+
+    straight = fit(out / "straight", 2)
+    fit(out / "split", 1)
+    return straight, fit(out / "split", 2, out / "split" / "checkpoints" / "last.ckpt")

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from visiontales.evaluation import named_characters
 from visiontales.models.captioner import SCENE_TOKENS, SAGANetsCaptioner
+from visiontales.vocabulary import named_characters
 
 STORY = ["Fred is walking in the yard.", "Fred and Barney are talking in the yard.",
          "Barney is laughing in the yard.", "Wilma is sitting in the kitchen.", "Wilma is running in the kitchen."]

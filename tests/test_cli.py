@@ -1,13 +1,13 @@
 import importlib
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 import yaml
 from conftest import EXPERIMENTS, REPO, tiny_overrides
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -89,11 +89,16 @@ def test_fit_logs_checkpoints_then_tell_and_predict(vist_root, tmp_path, monkeyp
     assert main(["fit", *args, "--trainer.logger.init_args.version", "v"]) == 0
     run = tmp_path / "runs" / "tiny_clip_storyteller_prefix" / "v"
     assert (run / "config.yaml").is_file()
-    checkpoints = {p.name for p in (run / "checkpoints").iterdir()}
-    best = [name for name in checkpoints if re.fullmatch(r"epoch0[01]-cider\d+\.\d{4}\.ckpt", name)]
-    assert "last.ckpt" in checkpoints and len(best) == 1
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
     events = EventAccumulator(str(run))
     events.Reload()
+    # last.ckpt: the state after the last step; best.ckpt: the epoch of the highest val/cider
+    last, best = (torch.load(run / "checkpoints" / name, map_location="cpu", weights_only=False)
+                  for name in ("last.ckpt", "best.ckpt"))
+    cider = [e.value for e in events.Scalars("val/cider")]
+    steps = max(e.step for e in events.Scalars("train/loss_epoch")) + 1  # logged at the last step's index
+    assert last["epoch"] == 1 and last["global_step"] == steps
+    assert best["epoch"] == cider.index(max(cider))
     scalars = set(events.Tags()["scalars"])
     assert {"train/loss_step", "train/loss_epoch", "val/loss", "val/bleu1", "val/bleu4", "val/meteor",
             "val/rougeL", "val/cider"} <= scalars
@@ -143,9 +148,13 @@ def test_bf16_mixed_precision_trains(vist_root, tmp_path):
 
 
 def test_help_texts_list_commands_and_model_options(capsys):
-    assert main(["--help"]) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
     usage = capsys.readouterr().out
-    assert all(command in usage for command in ("fit", "predict", "data synth", "data check", "tell"))
+    commands = ("fit", "validate", "test", "predict", "reproduce", "bootstrap", "evaluate", "story", "data", "tell",
+                "export-lora")
+    assert all(f"\n    {command} " in usage or f"\n    {command}\n" in usage for command in commands), usage
     with pytest.raises(SystemExit):
         main(["fit", "--model.help", "visiontales.models.storyteller.CLIPStoryteller"])
     options = capsys.readouterr().out

@@ -82,10 +82,10 @@ def test_bootstrap_clip_learns_and_clip_score_follows_it():
 def test_bootstrap_gpt2_and_vae_losses_fall(tmp_path):
     from diffusers import AutoencoderKL
 
-    from visiontales.backbones import TINY_VAE, _build_tiny_gpt2
+    from visiontales.backbones import TINY_VAE, build_tiny_gpt2
     from visiontales.bootstrap import train_gpt2, train_vae
 
-    _build_tiny_gpt2(tmp_path / "gpt2")
+    build_tiny_gpt2(tmp_path / "gpt2")
     losses = train_gpt2(tmp_path / "gpt2", steps=40)
     assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
     assert (tmp_path / "gpt2" / "model.safetensors").is_file()
@@ -182,7 +182,7 @@ def test_report_links_only_to_files_that_exist(tmp_path):
     from visiontales.report import build_report, epoch_series, missing_links
 
     runs, report = tmp_path / "runs", tmp_path / "report"
-    manifest = {"profile": "test", "runs": {}, "visualizers": {"GAN 20 epochs": "gan_20_epochs"}, "lora_epochs": 2}
+    manifest = {"profile": "test", "runs": {}, "rows": [{"id": "gan", "label": "GAN 20 epochs"}], "lora_epochs": 2}
     for name in ("storyteller_prefix", "lora", "gan", "clip_centric", "temporal_coherence", "combined"):
         writer = SummaryWriter(runs / name)
         for epoch, value in enumerate((3.0, 2.0, 1.5)):
@@ -193,10 +193,10 @@ def test_report_links_only_to_files_that_exist(tmp_path):
                                   "command": f"visiontales fit {name}"}
     (runs / "gan" / "config.yaml").write_text("model: {}\n")
     assert epoch_series(runs / "lora", "train/loss_epoch") == [3.0, 2.0, 1.5]
-    (report / "eval" / "gan_20_epochs").mkdir(parents=True)
-    (report / "eval" / "gan_20_epochs" / "metrics.json").write_text(json.dumps(
+    (report / "eval" / "gan").mkdir(parents=True)
+    (report / "eval" / "gan" / "metrics.json").write_text(json.dumps(
         {"metrics": {"char_f1": 0.5, "fid": 12.0}, "protocols": {"fid": "some protocol"}}))
-    (report / "eval" / "gan_20_epochs" / "metrics.md").write_text("| m | v |\n")
+    (report / "eval" / "gan" / "metrics.md").write_text("| m | v |\n")
     (report / "manifest.json").write_text("{}")
     (report / "log.txt").write_text("")
     page = build_report(report, runs, manifest)

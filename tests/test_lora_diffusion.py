@@ -43,7 +43,7 @@ def test_only_lora_weights_are_trainable_and_change():
     assert all(any(t in n for t in ("to_q", "to_k", "to_v")) for n in names)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = model.configure_optimizers()
-    loss = model.diffusion_loss(*model.targets(_batch()))
+    loss = model.diffusion_loss(_batch())
     loss.backward()
     optimizer.step()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
@@ -60,12 +60,12 @@ def test_lora_scale_zero_is_the_base_unet_and_inference_alpha_matters(visualizer
     assert torch.allclose(off, base, atol=1e-6)
     assert not torch.allclose(with_lora, base, atol=1e-4)
     # alpha 10 with training alpha 32: scale 10/32, between the base and the full update
-    frames_32 = visualizer.generate(CAPTIONS, seeds=[0, 1], lora_alpha=32)
-    frames_10 = visualizer.generate(CAPTIONS, seeds=[0, 1], lora_alpha=10)
-    frames_0 = visualizer.generate(CAPTIONS, seeds=[0, 1], lora_alpha=0)
+    frames_32 = visualizer.generate(CAPTIONS, seeds=[0, 1], lora_alpha=32).frames
+    frames_10 = visualizer.generate(CAPTIONS, seeds=[0, 1], lora_alpha=10).frames
+    frames_0 = visualizer.generate(CAPTIONS, seeds=[0, 1], lora_alpha=0).frames
     assert frames_10.shape == (2, 3, 32, 32)
     assert not torch.allclose(frames_32, frames_10) and not torch.allclose(frames_10, frames_0)
-    assert torch.equal(visualizer.generate(CAPTIONS, seeds=[0, 1], lora_alpha=10), frames_10)  # seeded
+    assert torch.equal(visualizer.generate(CAPTIONS, seeds=[0, 1], lora_alpha=10).frames, frames_10)  # seeded
 
 
 def test_loss_falls_on_an_overfit_batch():
@@ -77,7 +77,7 @@ def test_loss_falls_on_an_overfit_batch():
     optimizer = model.configure_optimizers()
     losses = []
     for step in range(120):
-        loss = model.diffusion_loss(latents, states, generator=torch.Generator().manual_seed(step % 4))
+        loss = model.sd.diffusion_loss(latents, states, generator=torch.Generator().manual_seed(step % 4))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -85,18 +85,13 @@ def test_loss_falls_on_an_overfit_batch():
     assert sum(losses[-4:]) < 0.85 * sum(losses[:4])  # same noise and timesteps: a steady fall
 
 
-def test_checkpoint_holds_only_adapters_and_resume_restores_them(flintstones_root, tmp_path):
+def test_checkpoint_holds_only_adapters(flintstones_root, tmp_path):
     from data_modules.flintstones import FlintstonesSVDataModule
 
-    def fit(max_steps, ckpt_path=None):
-        model = LoRADiffusionVisualizer(sd="tiny", resolution=32, lr=1e-2, val_samples=0)
-        trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, limit_val_batches=0, logger=False,
-                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
-        trainer.fit(model, FlintstonesSVDataModule(str(flintstones_root), resolution=32, batch_size=2),
-                    ckpt_path=ckpt_path)
-        return model, trainer
-
-    model, trainer = fit(3)
+    model = LoRADiffusionVisualizer(sd="tiny", resolution=32, lr=1e-2, val_samples=0)
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, limit_val_batches=0, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, FlintstonesSVDataModule(str(flintstones_root), resolution=32, batch_size=2))
     trainer.save_checkpoint(tmp_path / "a.ckpt")
     checkpoint = torch.load(tmp_path / "a.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["state_dict"] and all("lora_" in k for k in checkpoint["state_dict"])
@@ -104,10 +99,41 @@ def test_checkpoint_holds_only_adapters_and_resume_restores_them(flintstones_roo
     lora = {k: v.clone() for k, v in model.state_dict().items() if "lora_" in k}
     resumed = LoRADiffusionVisualizer.load_from_checkpoint(tmp_path / "a.ckpt", map_location="cpu")
     assert all(torch.equal(resumed.state_dict()[k], v) for k, v in lora.items())
-    # fit --ckpt_path: the adapters and the optimizer continue, not restart from random
-    continued, trainer = fit(4, ckpt_path=tmp_path / "a.ckpt")
-    assert trainer.global_step == 4
-    assert any(not torch.equal(continued.state_dict()[k], v) for k, v in lora.items())
+
+
+def test_resumed_at_an_epoch_boundary_equals_a_straight_run(flintstones_root, tmp_path):
+    """2 epochs straight == 1 epoch, then `fit --ckpt_path last.ckpt` to 2 (same noise, timesteps,
+    caption dropout, prefix lengths and shuffles: the RNG states travel with the checkpoint)."""
+    from conftest import fit_twice_and_resumed
+
+    straight, resumed = fit_twice_and_resumed(
+        lambda: LoRADiffusionVisualizer(sd="tiny", resolution=32, lr=1e-2, caption_dropout=0.3, noise_offset=0.1,
+                                        num_inference_steps=2, guidance_scale=1.0, val_samples=1),
+        flintstones_root, tmp_path)
+    assert straight.keys() == resumed.keys() and all("lora_" in k for k in straight)
+    assert all(torch.allclose(straight[k], resumed[k], atol=1e-6) for k in straight)
+
+
+def test_val_loss_repeats_exactly(flintstones_root, tmp_path):
+    from data_modules.flintstones import FlintstonesSVDataModule
+
+    model = LoRADiffusionVisualizer(sd="tiny", resolution=32, noise_offset=0.1, val_samples=0)
+    datamodule = FlintstonesSVDataModule(str(flintstones_root), resolution=32, eval_batch_size=4)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path, limit_val_batches=2)
+    first, second = (trainer.validate(model, datamodule, verbose=False)[0]["val/loss"] for _ in range(2))
+    assert first == second
+
+
+def test_unsupported_precision_is_refused_with_one_line(flintstones_root, tmp_path, capsys):
+    from conftest import tiny_overrides
+
+    from visiontales.cli import main
+
+    args = tiny_overrides("sagan_lora.yaml", flintstones_root, tmp_path, fast_dev_run="true", precision="bf16-true")
+    assert main(["fit", *args, "--data.init_args.resolution", "32", "--model.init_args.resolution", "32"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "precision 'bf16-true' is not supported" in err[0] and "bf16-mixed" in err[0]
 
 
 def test_export_loads_into_a_diffusers_pipeline_with_the_same_output(visualizer, tmp_path):
@@ -157,7 +183,7 @@ def test_cache_serves_the_same_latents_and_skips_the_encoders(flintstones_root, 
     assert "images" not in dm.datasets["train"][0] and "images" in dm.datasets["val"][0]
     item = dm.datasets["val"][0]
     key = f"{item['clip_ids'][0]}#{int(item['frame_index'][0])}"
-    assert torch.allclose(model.latent_cache[key], model.encode_frames(item["images"][:1])[0], atol=1e-5)
+    assert torch.allclose(model.latent_cache[key], model.sd.encode_frames(item["images"][:1])[0], atol=1e-5)
     calls = []
     monkeypatch.setattr(model.sd.vae, "encode", lambda *a, **k: calls.append("vae"))
     monkeypatch.setattr(model.sd.text_encoder, "forward", lambda *a, **k: calls.append("text"))
@@ -180,7 +206,7 @@ def test_character_tokens_are_appended_and_trained(tmp_path):
     batch = _batch()
     batch["characters"] = torch.ones(2, 5, 7)
     optimizer = model.configure_optimizers()
-    model.diffusion_loss(*model.targets(batch)).backward()
+    model.diffusion_loss(batch).backward()
     optimizer.step()
     after = model.encode_captions(["Fred is walking."])
     assert not torch.allclose(before, after)  # <fred>'s embedding moved

@@ -59,6 +59,8 @@ def test_given_frames_are_kept_and_continuity_changes_the_next(models):
     assert torch.allclose(plain.frames[0], small)
     carried = SAGANetsPipeline(captioner, visualizer, continuity_strength=0.5)([FIRST, FIRST], given, n_frames=3)
     assert not torch.allclose(plain.frames[2], carried.frames[2])
+    again = SAGANetsPipeline(captioner, visualizer, continuity_strength=0.5)([FIRST, FIRST], given, n_frames=3)
+    assert torch.equal(carried.frames, again.frames)  # continuity stories repeat exactly
     with pytest.raises(VisionTalesError, match="continuity strength must be within"):
         SAGANetsPipeline(captioner, visualizer, continuity_strength=1.5)
 
@@ -92,6 +94,22 @@ def test_story_command_writes_the_storyboard(checkpoints, tmp_path, capsys):
     assert Image.open(tmp_path / "s" / "storyboard.png").width == 4 * (256 + 12) + 12
     assert all((tmp_path / "s" / name).is_file() for name in record["frames"])
     assert "wrote" in capsys.readouterr().out
+
+
+def test_story_with_a_damaged_or_wrong_checkpoint_is_one_error_line(checkpoints, tmp_path, capsys):
+    captioner, visualizer = checkpoints
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(captioner.read_bytes()[:5000])
+    story = ["story", "--first-caption", FIRST, "--frames", "2", "--out", str(tmp_path / "s")]
+    for args, message in (([ "--captioner", str(cut), "--visualizer", str(visualizer)], f"{cut}: not a readable checkpoint"),
+                          (["--captioner", str(visualizer), "--visualizer", str(visualizer)],
+                           "a LoRADiffusionVisualizer checkpoint (lora_diffusion), but --captioner takes a SAGANetsCaptioner"),
+                          (["--captioner", str(captioner), "--visualizer", str(captioner)],
+                           "but --visualizer takes a Visualizer (gan, lora_diffusion")):
+        assert main([*story, *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (tmp_path / "s").exists()
 
 
 def test_export_lora_command(checkpoints, tmp_path):

@@ -102,6 +102,20 @@ def test_feature_cache_encodes_each_photo_once(vist_root, tmp_path, monkeypatch)
     assert torch.allclose(dm.datasets["val"][0]["image_features"], direct[0], atol=1e-5)
 
 
+def test_a_frozen_gpt2_stays_in_eval_mode_and_a_tuned_one_trains_with_dropout(vist_root, tmp_path):
+    models = {"frozen": CLIPStoryteller(gpt2="tiny", clip="tiny", conditioning="prefix", freeze_gpt2=True),
+              "tuned": CLIPStoryteller(gpt2="tiny", clip="tiny", conditioning="prefix")}
+    for model in models.values():
+        trainer = L.Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False,
+                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+        trainer.fit(model, VISTDataModule(str(vist_root), batch_size=2))
+        model.train()  # whoever calls it: frozen parts stay in eval mode
+    frozen, tuned = models["frozen"], models["tuned"]
+    assert not any(m.training for m in frozen.gpt2.modules()) and frozen.mapper.training
+    assert not any(m.training for m in [*frozen.clip.modules(), *tuned.clip.modules()])
+    assert tuned.gpt2.training and all(m.training for m in tuned.gpt2.modules())
+
+
 def test_checkpoint_leaves_out_frozen_clip_and_loads_back(vist_root, tmp_path):
     model = CLIPStoryteller(gpt2="tiny", clip="tiny", conditioning="prefix", max_new_tokens=10)
     trainer = L.Trainer(accelerator="cpu", max_steps=2, limit_val_batches=0, logger=False,

@@ -1,7 +1,6 @@
 import pytest
 
-from visiontales.evaluation import CaptionScores
-from visiontales.evaluation.text_metrics import SCORE_NAMES, coco_caption_scores
+from visiontales.evaluation.text_metrics import SCORE_NAMES, CaptionScores, coco_caption_scores
 
 REFS = {"a": ["the dog ran on the beach .", "a dog played by the sea ."],
         "b": ["we had a big cake at the party .", "the party had a cake ."]}

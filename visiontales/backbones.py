@@ -14,7 +14,9 @@ A backbone is named by a spec string:
 out, and then loads it back through the same `from_pretrained` / `local-dir:` path as real weights.
 The tiny GPT-2 gets a byte-level BPE tokenizer trained on the synthetic datasets' sentences (the
 GPT-2 BPE files do not ship with transformers). `tiny-domain` is the same architecture trained on
-the synthetic worlds first (visiontales.bootstrap): what the offline profile runs on.
+the synthetic worlds by `visiontales bootstrap` (visiontales.bootstrap, minutes): what the offline
+profile runs on. Nothing trains on demand: a run that names `tiny-domain` before it is built stops
+with one line saying how to build it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 
 from visiontales.errors import VisionTalesError
+from visiontales.sd import StableDiffusion
 
 TINY = "tiny"
 TINY_DOMAIN = "tiny-domain"
@@ -66,7 +69,7 @@ def _missing_weights(spec: str, what: str, error: Exception) -> VisionTalesError
 # ---------------------------------------------------------------------------------------- GPT-2
 
 
-def _build_tiny_gpt2(directory: Path) -> None:
+def build_tiny_gpt2(directory: Path) -> None:
     from tokenizers import ByteLevelBPETokenizer
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -120,15 +123,17 @@ def save_clip(model: nn.Module, model_cfg: dict, directory: Path) -> None:
     save_config_for_hf(model, directory / "open_clip_config.json", model_config=model_cfg)
 
 
-def _build_tiny_clip(directory: Path, train: bool = False) -> None:
+def tiny_clip() -> nn.Module:
+    """The tiny open_clip model (ViT-B-32's layout, narrow and shallow), randomly initialised."""
     import open_clip
 
     torch.manual_seed(TINY_SEED)
-    model = open_clip.create_model("ViT-B-32", pretrained=None, **TINY_CLIP)
-    if train:
-        from visiontales.bootstrap import train_clip
+    return open_clip.create_model("ViT-B-32", pretrained=None, **TINY_CLIP)
 
-        train_clip(model)
+
+def save_tiny_clip(model: nn.Module, directory: Path) -> None:
+    import open_clip
+
     save_clip(model.eval(), {**open_clip.get_model_config("ViT-B-32"), **TINY_CLIP}, directory)
 
 
@@ -194,22 +199,16 @@ TINY_VAE = {"block_out_channels": [32, 64], "in_channels": 3, "out_channels": 3,
 DOMAIN_VAE = {**TINY_VAE, "block_out_channels": [32, 64, 64], "down_block_types": ["DownEncoderBlock2D"] * 3,
               "up_block_types": ["UpDecoderBlock2D"] * 3}
 DOMAIN_UNET = {**TINY_UNET, "sample_size": 16}
+# how long `visiontales bootstrap` trains each tiny-domain backbone (about 1 + 1 + 2 + 4 minutes on
+# 2 CPU cores); part of the backbones' cache key: change one and they are rebuilt
+DOMAIN_SCHEDULE = {"gpt2_steps": 600, "clip_steps": 400, "vae_steps": 400, "unet_steps": 1200, "batch": 32,
+                   "vae_batch": 16, "sd_resolution": 64}
 TINY_TEXT = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 5,
              "vocab_size": 49408, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407,
              "max_position_embeddings": 77}
 # SD 1.5's noise schedule (its scheduler/scheduler_config.json)
 SD_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
                "prediction_type": "epsilon", "clip_sample": False, "steps_offset": 1}
-
-
-class StableDiffusion(nn.Module):
-    """The components SAGANets' visualizers use, as one module: `unet`, `vae`, `text_encoder`, with
-    `tokenizer` and `noise_scheduler` (DDPM, the training schedule) alongside."""
-
-    def __init__(self, unet, vae, text_encoder, tokenizer, noise_scheduler) -> None:
-        super().__init__()
-        self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
-        self.tokenizer, self.noise_scheduler = tokenizer, noise_scheduler
 
 
 def clip_tokenizer_from_open_clip(directory: Path) -> None:
@@ -230,7 +229,7 @@ def clip_tokenizer_from_open_clip(directory: Path) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def _build_tiny_sd(directory: Path, unet: dict = TINY_UNET, vae: dict = TINY_VAE) -> None:
+def build_tiny_sd(directory: Path, unet: dict = TINY_UNET, vae: dict = TINY_VAE) -> None:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -249,7 +248,7 @@ def _build_tiny_sd(directory: Path, unet: dict = TINY_UNET, vae: dict = TINY_VAE
 
 
 def _sd_source(spec: str) -> str:
-    """The hub id or directory to load Stable Diffusion components from (`tiny` built first)."""
+    """The hub id or directory to load Stable Diffusion components from."""
     _quiet()
     if spec in TINY_SPECS:
         return str(tiny_backbone_dir(spec, "sd"))
@@ -259,18 +258,10 @@ def _sd_source(spec: str) -> str:
 
 
 def load_stable_diffusion(spec: str) -> StableDiffusion:
-    """UNet, VAE, CLIP text encoder + tokenizer and DDPM noise scheduler for a hub id, a local
-    diffusers-layout directory, or `tiny`."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    source = _sd_source(spec)
+    """UNet, VAE, CLIP text encoder + tokenizer and DDPM noise scheduler (visiontales.sd) for a hub
+    id, a local diffusers-layout directory, `tiny` or `tiny-domain`."""
     try:
-        return StableDiffusion(
-            UNet2DConditionModel.from_pretrained(source, subfolder="unet"), load_vae(spec),
-            CLIPTextModel.from_pretrained(source, subfolder="text_encoder"),
-            CLIPTokenizer.from_pretrained(source, subfolder="tokenizer"),
-            DDPMScheduler.from_pretrained(source, subfolder="scheduler"))
+        return StableDiffusion.from_pretrained(_sd_source(spec))
     except (OSError, ValueError) as e:
         raise _missing_weights(spec, "Stable Diffusion", e) from e
 
@@ -288,67 +279,46 @@ def load_vae(spec: str) -> nn.Module:
 # ----------------------------------------------------------------------------------------- tiny
 
 
-def _build_domain_gpt2(directory: Path) -> None:
-    from visiontales.bootstrap import train_gpt2
+def _recipe_dir(kind: str) -> Path:
+    """Where the tiny backbone `kind` ("gpt2", ..., "domain-sd") lives: the hash of everything it
+    is built from is in the name, so a changed recipe builds a new one instead of reusing a stale one."""
+    from data_modules.synthetic import tokenizer_corpus
 
-    _build_tiny_gpt2(directory)
-    train_gpt2(directory)
-
-
-def _build_domain_sd(directory: Path) -> None:
-    from visiontales.bootstrap import train_unet, train_vae
-
-    _build_tiny_sd(directory, DOMAIN_UNET, DOMAIN_VAE)
-    sd = load_stable_diffusion(str(directory))
-    sd.text_encoder.requires_grad_(False)
-    train_vae(sd.vae)
-    sd.vae.requires_grad_(False)
-    sd.vae.save_pretrained(directory / "vae")
-    train_unet(sd)
-    sd.unet.save_pretrained(directory / "unet")
-
-
-TINY_BUILDERS = {
-    (TINY, "gpt2"): _build_tiny_gpt2, (TINY, "clip"): _build_tiny_clip, (TINY, "sd"): _build_tiny_sd,
-    (TINY_DOMAIN, "gpt2"): _build_domain_gpt2, (TINY_DOMAIN, "clip"): lambda d: _build_tiny_clip(d, train=True),
-    (TINY_DOMAIN, "sd"): _build_domain_sd,
-}
+    recipe = {"kind": kind, "gpt2": TINY_GPT2, "vocab": TINY_GPT2_VOCAB, "clip": TINY_CLIP, "unet": TINY_UNET,
+              "vae": TINY_VAE, "text": TINY_TEXT, "seed": TINY_SEED, "domain_unet": DOMAIN_UNET,
+              "domain_vae": DOMAIN_VAE, "corpus": len(tokenizer_corpus())}
+    if kind.startswith("domain-"):
+        recipe["schedule"] = DOMAIN_SCHEDULE
+    digest = hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
+    return home() / "backbones" / f"tiny-{kind}-{digest}"
 
 
 def tiny_backbone_dir(spec: str, kind: str) -> Path:
-    """The directory of the `tiny` or `tiny-domain` backbone of this kind, built on first use."""
-    name = kind if spec == TINY else f"domain-{kind}"
-    return _ensure_tiny(name, TINY_BUILDERS[spec, kind])
+    """The directory of the `tiny` (built here on first use, seconds) or `tiny-domain` (built by
+    `visiontales bootstrap`, minutes) backbone of this kind: "gpt2", "clip" or "sd"."""
+    if spec == TINY:
+        return build_once(_recipe_dir(kind), TINY_BUILDERS[kind])
+    directory = domain_dir(kind)
+    if not directory.is_dir():
+        raise VisionTalesError(f"the tiny-domain {kind} backbone is not built (expected {directory}): run "
+                               f"`visiontales bootstrap` (minutes on a CPU) with the same VISIONTALES_HOME")
+    return directory
 
 
-def _ensure_tiny(kind: str, build) -> Path:
-    """Build the tiny `kind` backbone into the cache once; return its directory.
+def domain_dir(kind: str) -> Path:
+    """The directory of the `tiny-domain` backbone of this kind, as `visiontales bootstrap` writes it."""
+    return _recipe_dir(f"domain-{kind}")
 
-    Built into a temporary sibling and renamed, so that two processes (DDP ranks, parallel tests)
-    never see a half-written directory.
-    """
-    import data_modules.synthetic as synthetic
-    from visiontales.bootstrap import SCHEDULE
 
-    recipe = {"kind": kind, "gpt2": TINY_GPT2, "vocab": TINY_GPT2_VOCAB, "clip": TINY_CLIP,
-              "unet": TINY_UNET, "vae": TINY_VAE, "text": TINY_TEXT, "seed": TINY_SEED,
-              "domain_unet": DOMAIN_UNET, "domain_vae": DOMAIN_VAE,
-              "corpus": len(synthetic.tokenizer_corpus())}
-    if kind.startswith("domain-"):
-        recipe["schedule"] = SCHEDULE
-    recipe = json.dumps(recipe, sort_keys=True)
-    directory = home() / "backbones" / f"tiny-{kind}-{hashlib.sha1(recipe.encode()).hexdigest()[:10]}"
+def build_once(directory: Path, build) -> Path:
+    """Run `build(tmp)` into a temporary sibling of `directory` and rename it into place, once:
+    two processes (DDP ranks, parallel tests) never see a half-written directory."""
     if directory.is_dir():
         return directory
     import shutil
 
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    if kind.startswith("domain-"):
-        import logging
-
-        logging.getLogger("visiontales").info(
-            f"training the tiny-domain {kind[7:]} backbone on synthetic data (once; cached as {directory})")
     try:
         build(tmp)
         tmp.rename(directory)
@@ -358,3 +328,6 @@ def _ensure_tiny(kind: str, build) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+TINY_BUILDERS = {"gpt2": build_tiny_gpt2, "clip": lambda d: save_tiny_clip(tiny_clip(), d), "sd": build_tiny_sd}

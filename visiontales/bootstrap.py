@@ -17,8 +17,8 @@ play (web-scale pretraining, here the synthetic world):
   visualizer's job. The text encoder stays random (frozen).
 
 Each is saved exactly like a hub checkpoint under $VISIONTALES_HOME/backbones/ and loaded back
-through the same `from_pretrained` paths as real weights. `visiontales bootstrap` builds all
-three; any run that names `tiny-domain` builds what is missing first.
+through the same `from_pretrained` paths as real weights (visiontales.backbones names the
+directories). `visiontales bootstrap` builds what is missing; nothing else trains them.
 """
 
 from __future__ import annotations
@@ -34,13 +34,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from data_modules import synthetic as syn
+from visiontales import backbones
+from visiontales.backbones import DOMAIN_SCHEDULE as SCHEDULE
+from visiontales.sd import StableDiffusion
 
 LOG = logging.getLogger("visiontales")
 SEED = 2024
-# training lengths (part of the cache key: change one and the backbone is rebuilt)
-# (about 1 + 1 + 2 + 4 minutes on 2 CPU cores)
-SCHEDULE = {"gpt2_steps": 600, "clip_steps": 400, "vae_steps": 400, "unet_steps": 1200, "batch": 32,
-            "vae_batch": 16, "sd_resolution": 64}
 
 
 # ------------------------------------------------------------------------------ synthetic samples
@@ -154,10 +153,8 @@ def train_clip(model: torch.nn.Module, steps: int = SCHEDULE["clip_steps"]) -> l
     import open_clip
     from open_clip.loss import ClipLoss
 
-    from visiontales.backbones import clip_preprocessing
-
     torch.manual_seed(SEED)
-    size, mean, std = clip_preprocessing(model)
+    size, mean, std = backbones.clip_preprocessing(model)
     pairs = vist_samples(600, SEED) + flintstones_samples(600, SEED + 1)
     images, texts = pixels([p for p, _ in pairs], size), open_clip.tokenize([t for _, t in pairs])
     mean, std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
@@ -202,31 +199,71 @@ def train_vae(vae: torch.nn.Module, steps: int = SCHEDULE["vae_steps"]) -> list[
     return losses
 
 
-def train_unet(sd, steps: int = SCHEDULE["unet_steps"]) -> list[float]:
-    """Text-to-image pretraining of the UNet (epsilon MSE), in place, on the "general domain":
-    synthetic VIST photos and the FlintstonesSV settings with nobody in them (never a character)."""
+def train_unet(sd: StableDiffusion, steps: int = SCHEDULE["unet_steps"]) -> list[float]:
+    """Text-to-image pretraining of the UNet (the toolkit's diffusion loss), in place, on the
+    "general domain": synthetic VIST photos and the FlintstonesSV settings with nobody in them
+    (never a character)."""
     torch.manual_seed(SEED)
     size = SCHEDULE["sd_resolution"]
     pairs = vist_samples(800, SEED + 4) + empty_settings(200, SEED + 5)
     images = pixels([p for p, _ in pairs], size).float() / 127.5 - 1
     with torch.no_grad():
-        ids = sd.tokenizer([t for _, t in pairs], padding="max_length", max_length=sd.tokenizer.model_max_length,
-                           truncation=True, return_tensors="pt").input_ids
-        states = torch.cat([sd.text_encoder(input_ids=ids[i:i + 128])[0] for i in range(0, len(ids), 128)])
-        latents = torch.cat([sd.vae.encode(images[i:i + 64]).latent_dist.mean for i in range(0, len(images), 64)])
-        latents = latents * sd.vae.config.scaling_factor
-    unet, scheduler = sd.unet.train(), sd.noise_scheduler
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=5e-4)
+        prompts = [t for _, t in pairs]
+        states = torch.cat([sd.encode_prompts(prompts[i:i + 128]) for i in range(0, len(prompts), 128)])
+        latents = torch.cat([sd.latents(sd.encode_frames(images[i:i + 64]), sample=False)
+                             for i in range(0, len(images), 64)])
+    sd.unet.train()
+    optimizer = torch.optim.AdamW(sd.unet.parameters(), lr=5e-4)
     losses, start = [], time.time()
     for index in _batches(len(images), SCHEDULE["batch"], steps, SEED):
-        z0, noise = latents[index], torch.randn_like(latents[index])
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(index),))
-        pred = unet(scheduler.add_noise(z0, noise, t), t, encoder_hidden_states=states[index]).sample
-        loss = F.mse_loss(pred, noise)
+        loss = sd.diffusion_loss(latents[index], states[index])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    unet.eval()
+    sd.unet.eval()
     _report("UNet text-to-image (VIST photos, empty settings)", losses, start)
     return losses
+
+
+# ------------------------------------------------------------------------------------- builders
+
+
+def build_gpt2(directory: Path) -> None:
+    backbones.build_tiny_gpt2(directory)
+    train_gpt2(directory)
+
+
+def build_clip(directory: Path) -> None:
+    model = backbones.tiny_clip()
+    train_clip(model)
+    backbones.save_tiny_clip(model, directory)
+
+
+def build_sd(directory: Path) -> None:
+    """The tiny Stable Diffusion with a 4x VAE, then the VAE and the UNet trained (the text encoder
+    stays random and frozen)."""
+    backbones.build_tiny_sd(directory, backbones.DOMAIN_UNET, backbones.DOMAIN_VAE)
+    sd = StableDiffusion.from_pretrained(str(directory))
+    sd.requires_grad_(False)
+    sd.vae.requires_grad_(True)
+    train_vae(sd.vae)
+    sd.vae.requires_grad_(False)
+    sd.vae.save_pretrained(directory / "vae")
+    sd.unet.requires_grad_(True)
+    train_unet(sd)
+    sd.unet.save_pretrained(directory / "unet")
+
+
+BUILDERS = {"gpt2": build_gpt2, "clip": build_clip, "sd": build_sd}
+
+
+def build_domain_backbones() -> dict[str, Path]:
+    """Train every tiny-domain backbone that is not built yet; their directories by kind."""
+    directories = {}
+    for kind, build in BUILDERS.items():
+        directory = backbones.domain_dir(kind)
+        if not directory.is_dir():
+            LOG.info(f"training the tiny-domain {kind} backbone on synthetic data (once; cached as {directory})")
+        directories[kind] = backbones.build_once(directory, build)
+    return directories

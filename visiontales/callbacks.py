@@ -1,12 +1,16 @@
-"""Callbacks that turn what the models produce into things a person can look at."""
+"""Callbacks: what the models produce turned into things a person can look at (text samples,
+prediction files, epoch snapshots), and the random states an exact resume needs."""
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -80,3 +84,31 @@ class EpochSnapshots(L.Callback):
             path = Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints" / f"epoch-{epoch}.ckpt"
             trainer.save_checkpoint(path)
             rank_zero_info(f"saved {path}")
+
+
+class RNGStates(L.Callback):
+    """Saves the Python, NumPy and torch (CPU and CUDA) random states with every checkpoint and
+    restores them when training resumes from it, so that a resumed run draws the same noise,
+    timesteps, prefix lengths and shuffles as a straight one (Lightning saves none of them).
+
+    They are restored when the checkpoint is loaded, before the training data loader of the
+    resumed epoch is created (Lightning's sanity check runs with its RNG isolated). Stored as
+    tensors and plain numbers, so the checkpoint loads with `weights_only=True`.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        version, state, gauss = random.getstate()
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        return {"python": [version, list(state), gauss], "numpy": [kind, torch.from_numpy(keys.astype(np.int64)),
+                                                                   pos, has_gauss, cached],
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        version, values, gauss = state["python"]
+        random.setstate((version, tuple(values), gauss))
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,4 +1,5 @@
-"""`visiontales`: LightningCLI subcommands (fit, validate, test, predict) and the extra commands.
+"""`visiontales`: one argparse definition of every command (usage, help and dispatch); `fit`,
+`validate`, `test` and `predict` hand their arguments to LightningCLI.
 
     visiontales fit --config experiments/clip_storyteller.yaml [--trainer.max_epochs 3 ...]
     visiontales data synth --dataset vist --out data/vist-synthetic
@@ -18,36 +19,15 @@ from pathlib import Path
 
 from visiontales.errors import VisionTalesError
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-USAGE = """usage: visiontales <command> [options]
-
-Training and evaluation (LightningCLI; `visiontales <command> --help` lists every option):
-  fit        train a model:            visiontales fit --config experiments/X.yaml [--key value ...]
-  validate   run the validation split: visiontales validate --config X.yaml --ckpt_path CKPT
-  test       run the test split:       visiontales test --config X.yaml --ckpt_path CKPT
-  predict    write predictions.json:   visiontales predict --config X.yaml --ckpt_path CKPT
-
-Other commands:
-  reproduce    every table and figure of both papers: reports/<profile>/index.html (--profile tiny|paper)
-  bootstrap    train the tiny-domain backbones (GPT-2, CLIP, Stable Diffusion) on synthetic data, once
-  evaluate     score a checkpoint or a folder of stories on a split: metrics.json + metrics.md
-  story        continue a story: captioner and visualizer alternate (SAGANets), storyboard.png
-  data synth   write a synthetic dataset in the real on-disk layout
-  data check   validate a dataset folder and report what is kept and dropped
-  tell         print a story for three image files with a trained CLIPStoryteller
-  export-lora  write a LoRADiffusionVisualizer's adapters in diffusers' LoRA format
-"""
-
+LIGHTNING_COMMANDS = {
+    "fit": "train a model: visiontales fit --config experiments/X.yaml [--key value ...]",
+    "validate": "run the validation split: visiontales validate --config X.yaml --ckpt_path CKPT",
+    "test": "run the test split: visiontales test --config X.yaml --ckpt_path CKPT",
+    "predict": "write predictions.json: visiontales predict --config X.yaml --ckpt_path CKPT",
+}
 LOGGER_DEFAULT = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                   "init_args": {"save_dir": "runs", "name": "visiontales"}}
 CHECKPOINT_ALIASES = ("last", "best", "hpc", "registry")
-
-
-def _datasets():
-    from data_modules import flintstones, synthetic, vist
-
-    return {"vist": (synthetic.write_synthetic_vist, vist.check_dataset),
-            "flintstones": (synthetic.write_synthetic_flintstones, flintstones.check_dataset)}
 
 
 def run_lightning(args: list[str] | None) -> None:
@@ -77,30 +57,28 @@ def run_lightning(args: list[str] | None) -> None:
     )
 
 
-def data_command(args: list[str]) -> int:
-    datasets = _datasets()
-    parser = argparse.ArgumentParser(prog="visiontales data", description="Dataset tools.")
-    sub = parser.add_subparsers(dest="action", required=True)
-    synth = sub.add_parser("synth", help="write a synthetic dataset in the real on-disk layout")
-    synth.add_argument("--dataset", choices=sorted(datasets), required=True)
-    synth.add_argument("--out", type=Path, required=True, help="folder to write (created)")
-    synth.add_argument("--seed", type=int, default=0, help="same seed, same files")
-    synth.add_argument("--albums", type=int, default=200, help="VIST: photo albums to write (two stories each)")
-    synth.add_argument("--episodes", type=int, default=80, help="FlintstonesSV: episodes to write (14 clips each)")
-    check = sub.add_parser("check", help="validate a dataset folder; report kept and dropped items per split")
-    check.add_argument("--dataset", choices=sorted(datasets), required=True)
-    check.add_argument("--root", type=Path, required=True, help="the dataset folder")
-    check.add_argument("--json", action="store_true", help="print exactly one JSON object")
-    opts = parser.parse_args(args)
-    write, check_fn = datasets[opts.dataset]
-    if opts.action == "synth":
-        size = {"albums": opts.albums} if opts.dataset == "vist" else {"episodes": opts.episodes}
-        counts = write(opts.out, seed=opts.seed, **size)
-        unit = "stories" if opts.dataset == "vist" else "clips"
-        print(f"wrote synthetic {opts.dataset} to {opts.out}: "
-              + ", ".join(f"{split} {n} {unit}" for split, n in counts.items()))
-        return 0
-    report = check_fn(opts.root)
+# ---------------------------------------------------------------------------------- commands
+
+
+def _datasets():
+    from data_modules import flintstones, synthetic, vist
+
+    return {"vist": (synthetic.write_synthetic_vist, vist.check_dataset),
+            "flintstones": (synthetic.write_synthetic_flintstones, flintstones.check_dataset)}
+
+
+def data_synth(opts: argparse.Namespace) -> int:
+    write, _ = _datasets()[opts.dataset]
+    size = {"albums": opts.albums} if opts.dataset == "vist" else {"episodes": opts.episodes}
+    counts = write(opts.out, seed=opts.seed, **size)
+    unit = "stories" if opts.dataset == "vist" else "clips"
+    print(f"wrote synthetic {opts.dataset} to {opts.out}: " + ", ".join(f"{split} {n} {unit}" for split, n in counts.items()))
+    return 0
+
+
+def data_check(opts: argparse.Namespace) -> int:
+    _, check = _datasets()[opts.dataset]
+    report = check(opts.root)
     if opts.json:
         print(json.dumps(report))
         return 0
@@ -112,22 +90,15 @@ def data_command(args: list[str]) -> int:
     return 0
 
 
-def tell_command(args: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="visiontales tell",
-                                     description="Print a story for three images with a trained CLIPStoryteller.")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a CLIPStoryteller checkpoint (.ckpt)")
-    parser.add_argument("images", type=Path, nargs=3, help="three image files, in story order")
-    parser.add_argument("--decoding", choices=("greedy", "beam", "nucleus"), help="override the trained setting")
-    opts = parser.parse_args(args)
-
+def tell(opts: argparse.Namespace) -> int:
     import torch
 
     from data_modules.vist import clip_transform, load_image
     from visiontales.backbones import clip_preprocessing
-    from visiontales.models.common import load_checkpoint
+    from visiontales.models.base import load_model
     from visiontales.models.storyteller import CLIPStoryteller
 
-    model = load_checkpoint(CLIPStoryteller, opts.checkpoint)
+    model = load_model(opts.checkpoint, CLIPStoryteller)
     if opts.decoding:
         model.hparams.decoding = opts.decoding
     if model.clip is None:
@@ -141,148 +112,199 @@ def tell_command(args: list[str]) -> int:
     return 0
 
 
-def story_command(args: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="visiontales story",
-        description="SAGANets: the captioner writes caption k+1, the visualizer draws frame k+1, until N frames; "
-                    "writes storyboard.png, frame_XX.png and story.json under --out.")
-    parser.add_argument("--captioner", type=Path, required=True, help="a SAGANetsCaptioner checkpoint")
-    parser.add_argument("--visualizer", type=Path, required=True,
-                        help="a LoRADiffusionVisualizer or GANVisualizer checkpoint")
-    start = parser.add_mutually_exclusive_group(required=True)
-    start.add_argument("--first-caption", help="start from this caption alone")
-    start.add_argument("--prefix", type=Path, help='JSON list of {"caption": ..., "frame": "image path"} '
-                                                   "(frames optional, relative to the JSON file)")
-    parser.add_argument("--frames", type=int, default=5, help="frames in the finished story")
-    parser.add_argument("--out", type=Path, required=True, help="folder to write (created)")
-    parser.add_argument("--lora-alpha", type=float, help="LoRA alpha to draw with (default: the checkpoint's)")
-    parser.add_argument("--continuity-strength", type=float,
-                        help="start each frame from the previous frame's latent re-noised to this fraction "
-                             "of the schedule (0-1; default: off)")
-    parser.add_argument("--seed", type=int, default=0, help="frame i is drawn with seed + i")
-    opts = parser.parse_args(args)
-
+def story(opts: argparse.Namespace) -> int:
+    from visiontales.models.base import load_model
     from visiontales.models.captioner import SAGANetsCaptioner
-    from visiontales.models.common import load_any_checkpoint, load_checkpoint
     from visiontales.pipeline import SAGANetsPipeline, read_prefix, write_story
+    from visiontales.visualizer import Visualizer
 
     captions, frames = ([opts.first_caption], []) if opts.first_caption else read_prefix(opts.prefix)
-    pipeline = SAGANetsPipeline(load_checkpoint(SAGANetsCaptioner, opts.captioner),
-                                load_any_checkpoint(opts.visualizer),
+    pipeline = SAGANetsPipeline(load_model(opts.captioner, SAGANetsCaptioner, "--captioner"),
+                                load_model(opts.visualizer, Visualizer, "--visualizer"),
                                 opts.lora_alpha, opts.continuity_strength)
-    story = pipeline(captions, frames, opts.frames, seed=opts.seed)
-    board = write_story(story, opts.out, {"captioner": str(opts.captioner), "visualizer": str(opts.visualizer)})
-    for i, caption in enumerate(story.captions):
-        print(f"{i + 1}. {'(given) ' if story.given_captions[i] else ''}{caption}")
+    told = pipeline(captions, frames, opts.frames, seed=opts.seed)
+    board = write_story(told, opts.out, {"captioner": str(opts.captioner), "visualizer": str(opts.visualizer)})
+    for i, caption in enumerate(told.captions):
+        print(f"{i + 1}. {'(given) ' if told.given_captions[i] else ''}{caption}")
     print(f"wrote {board}")
     return 0
 
 
-def export_lora_command(args: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="visiontales export-lora",
-        description="Write a LoRADiffusionVisualizer checkpoint's adapters as pytorch_lora_weights.safetensors, "
-                    "which StableDiffusionPipeline.load_lora_weights(OUT) loads into a pipeline of the same base.")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a LoRADiffusionVisualizer checkpoint (.ckpt)")
-    parser.add_argument("--out", type=Path, required=True, help="folder to write (created)")
-    opts = parser.parse_args(args)
-
-    from visiontales.models.common import load_checkpoint
+def export_lora(opts: argparse.Namespace) -> int:
+    from visiontales.models.base import load_model
     from visiontales.models.lora_diffusion import LoRADiffusionVisualizer
 
-    path = load_checkpoint(LoRADiffusionVisualizer, opts.checkpoint).export_lora(opts.out)
+    path = load_model(opts.checkpoint, LoRADiffusionVisualizer).export_lora(opts.out)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0
 
 
-def evaluate_command(args: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="visiontales evaluate",
-        description="Score a trained model (text metrics for CLIPStoryteller and SAGANetsCaptioner; Char-Acc, "
-                    "Char-F1, FID and CLIPScore for the visualizers) or a folder of SAGANets stories (the whole "
-                    "pipeline) on a data split; writes metrics.json and metrics.md under --out.")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path, help="a checkpoint written by visiontales fit")
-    source.add_argument("--stories", type=Path, help="a folder of story.json + frame PNGs (predict / story)")
-    source.add_argument("--real-frames", action="store_true",
-                        help="score the split's real frames themselves (the ceiling of the image metrics)")
-    parser.add_argument("--data-root", type=Path, required=True, help="the dataset folder (VIST or FlintstonesSV)")
-    parser.add_argument("--split", choices=("val", "test"), default="test")
-    parser.add_argument("--out", type=Path, required=True, help="folder to write (created)")
-    parser.add_argument("--classifier", type=Path,
-                        help="CharacterClassifier checkpoint (experiments/character_classifier.yaml); "
-                             "needed for image metrics")
-    parser.add_argument("--clip", default="ViT-B-32@openai", help="CLIP for CLIPScore (a load_clip spec)")
-    parser.add_argument("--inception-weights", type=Path,
-                        help="torch-fidelity's InceptionV3 FID weights (default: the torch hub cache, if there); "
-                             "without them FID uses the classifier's features and says so")
-    parser.add_argument("--max-frames", type=int, help="score the first N distinct clips of the split (default all)")
-    parser.add_argument("--seed", type=int, default=0, help="the frame of clip i is drawn with seed + i")
-    parser.add_argument("--lora-alpha", type=float, help="LoRA alpha to draw with (0: the untrained base model)")
-    opts = parser.parse_args(args)
-
+def evaluate(opts: argparse.Namespace) -> int:
     from visiontales.evaluation import evaluate as ev
-    from visiontales.models.common import TextGenerationModule, load_any_checkpoint, load_checkpoint
+    from visiontales.models.base import model_from_checkpoint, read_checkpoint
+    from visiontales.models.text_generation import TextGenerationModule
+    from visiontales.visualizer import Visualizer
 
-    model = load_any_checkpoint(opts.checkpoint) if opts.checkpoint else None
-    if isinstance(model, TextGenerationModule):
-        result = ev.evaluate_text_model(model, opts.checkpoint, opts.data_root, opts.split, opts.out)
+    model = None
+    if opts.checkpoint:
+        checkpoint = read_checkpoint(opts.checkpoint)
+        model = model_from_checkpoint(checkpoint, opts.checkpoint)
+        if isinstance(model, TextGenerationModule):
+            result = ev.evaluate_text_model(model, checkpoint, opts.checkpoint, opts.data_root, opts.split, opts.out)
+            return _report(ev, result, opts.out)
+        if not isinstance(model, Visualizer):
+            raise VisionTalesError(f"{opts.checkpoint}: a {type(model).__name__} checkpoint; evaluate scores text "
+                                   f"models and visualizers")
+    from visiontales.backbones import load_clip
+    from visiontales.evaluation.character_classifier import CharacterClassifier
+    from visiontales.models.base import load_model
+
+    if opts.classifier is None:
+        raise VisionTalesError("--classifier is needed for image metrics (train one: visiontales fit "
+                               "--config experiments/character_classifier.yaml)")
+    classifier, clip_model = load_model(opts.classifier, CharacterClassifier, "--classifier"), load_clip(opts.clip)
+    if opts.stories:
+        result = ev.evaluate_stories(opts.stories, opts.data_root, opts.split, opts.out, classifier, clip_model,
+                                     opts.inception_weights)
     else:
-        from visiontales.backbones import load_clip
-        from visiontales.evaluation.character_classifier import CharacterClassifier
+        result = ev.evaluate_visualizer(model, opts.checkpoint or "real frames", opts.data_root, opts.split, opts.out,
+                                        classifier, clip_model, opts.max_frames, opts.seed, opts.lora_alpha,
+                                        opts.inception_weights, reference=model is None)
+    return _report(ev, result, opts.out)
 
-        if opts.classifier is None:
-            raise VisionTalesError("--classifier is needed for image metrics (train one: visiontales fit "
-                                   "--config experiments/character_classifier.yaml)")
-        classifier, clip_model = load_checkpoint(CharacterClassifier, opts.classifier), load_clip(opts.clip)
-        if opts.stories:
-            result = ev.evaluate_stories(opts.stories, opts.data_root, opts.split, opts.out, classifier, clip_model,
-                                         opts.inception_weights)
-        else:
-            result = ev.evaluate_visualizer(model, opts.checkpoint or "real frames", opts.data_root, opts.split,
-                                            opts.out, classifier, clip_model, opts.max_frames, opts.seed,
-                                            opts.lora_alpha, opts.inception_weights, reference=model is None)
-    for path in result.write(opts.out):
+
+def _report(ev, result, out: Path) -> int:
+    for path in result.write(out):
         print(f"wrote {path}")
     print(", ".join(f"{ev.LABELS.get(k, k)} {v:.4f}" for k, v in result.metrics.items()))
     return 0
 
 
-def reproduce_command(args: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="visiontales reproduce",
-        description="Train, sample and evaluate everything the two papers report, then write "
-                    "reports/<profile>/index.html. tiny: synthetic data, tiny-domain backbones, CPU (about 25 min "
-                    "on 2 cores). paper: the real datasets and weights on a GPU, checked before anything runs.")
-    parser.add_argument("--profile", choices=("tiny", "paper"), default="tiny")
-    parser.add_argument("--reports", type=Path, default=Path("reports"), help="reports folder (default reports/)")
-    parser.add_argument("--runs", type=Path, default=Path("runs"), help="runs folder (default runs/)")
-    parser.add_argument("--reuse", action="store_true",
-                        help="keep finished training runs (their last.ckpt exists) instead of training them again")
-    opts = parser.parse_args(args)
-    from visiontales.reproduce import main as reproduce
+def reproduce(opts: argparse.Namespace) -> int:
+    from visiontales.reproduce import main as run
 
-    return reproduce(opts.profile, opts.reports, opts.runs, opts.reuse)
+    return run(opts.profile, opts.reports, opts.runs, opts.reuse)
 
 
-def bootstrap_command(args: list[str]) -> int:
-    argparse.ArgumentParser(
-        prog="visiontales bootstrap",
-        description="Train the tiny-domain backbones (GPT-2 + tokenizer, CLIP, Stable Diffusion VAE and UNet) on "
-                    "synthetic VIST and FlintstonesSV once and cache them under $VISIONTALES_HOME/backbones "
-                    "(about 7 min on 2 CPU cores); configs name them as 'tiny-domain'.").parse_args(args)
-    from visiontales.backbones import (
-        TINY_DOMAIN,
-        load_clip,
-        load_gpt2,
-        load_stable_diffusion,
-        tiny_backbone_dir,
-    )
+def bootstrap(opts: argparse.Namespace) -> int:
+    from visiontales.bootstrap import build_domain_backbones
 
-    load_gpt2(TINY_DOMAIN), load_clip(TINY_DOMAIN), load_stable_diffusion(TINY_DOMAIN)
-    for kind in ("gpt2", "clip", "sd"):
-        print(f"tiny-domain {kind}: {tiny_backbone_dir(TINY_DOMAIN, kind)}")
+    for kind, directory in build_domain_backbones().items():
+        print(f"tiny-domain {kind}: {directory}")
     return 0
+
+
+# ------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command, its options and its handler (`run`), in one place."""
+    parser = argparse.ArgumentParser(
+        prog="visiontales", description="VisionTales: visual storytelling in both directions (images -> story, "
+                                        "story -> images). `visiontales <command> --help` lists a command's options.")
+    commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for name, text in LIGHTNING_COMMANDS.items():  # their options belong to LightningCLI
+        commands.add_parser(name, help=text, add_help=False).set_defaults(run=None)
+
+    c = commands.add_parser("reproduce", help="every table and figure of both papers: reports/<profile>/index.html",
+                            description="Train, sample and evaluate everything the two papers report, then write "
+                                        "reports/<profile>/index.html. tiny: synthetic data, tiny-domain backbones, "
+                                        "CPU (about 25 min on 2 cores). paper: the real datasets and weights on a "
+                                        "GPU, checked before anything runs.")
+    c.add_argument("--profile", choices=("tiny", "paper"), default="tiny")
+    c.add_argument("--reports", type=Path, default=Path("reports"), help="reports folder (default reports/)")
+    c.add_argument("--runs", type=Path, default=Path("runs"), help="runs folder (default runs/)")
+    c.add_argument("--reuse", action="store_true",
+                   help="keep finished training runs (their last.ckpt exists) instead of training them again")
+    c.set_defaults(run=reproduce)
+
+    c = commands.add_parser("bootstrap", help="train the tiny-domain backbones on synthetic data, once",
+                            description="Train the tiny-domain backbones (GPT-2 + tokenizer, CLIP, Stable Diffusion "
+                                        "VAE and UNet) on synthetic VIST and FlintstonesSV once and cache them under "
+                                        "$VISIONTALES_HOME/backbones (about 7 min on 2 CPU cores); configs name them "
+                                        "as 'tiny-domain'.")
+    c.set_defaults(run=bootstrap)
+
+    c = commands.add_parser("evaluate", help="score a checkpoint or a folder of stories: metrics.json + metrics.md",
+                            description="Score a trained model (text metrics for text models; Char-Acc, Char-F1, FID "
+                                        "and CLIPScore for visualizers) or a folder of SAGANets stories (the whole "
+                                        "pipeline) on a data split; writes metrics.json and metrics.md under --out.")
+    source = c.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="a checkpoint written by visiontales fit")
+    source.add_argument("--stories", type=Path, help="a folder of story.json + frame PNGs (predict / story)")
+    source.add_argument("--real-frames", action="store_true",
+                        help="score the split's real frames themselves (the ceiling of the image metrics)")
+    c.add_argument("--data-root", type=Path, required=True, help="the dataset folder (VIST or FlintstonesSV)")
+    c.add_argument("--split", choices=("val", "test"), default="test")
+    c.add_argument("--out", type=Path, required=True, help="folder to write (created)")
+    c.add_argument("--classifier", type=Path, help="CharacterClassifier checkpoint "
+                                                   "(experiments/character_classifier.yaml); needed for image metrics")
+    c.add_argument("--clip", default="ViT-B-32@openai", help="CLIP for CLIPScore (a load_clip spec)")
+    c.add_argument("--inception-weights", type=Path,
+                   help="torch-fidelity's InceptionV3 FID weights (default: the torch hub cache, if there); "
+                        "without them FID uses the classifier's features and says so")
+    c.add_argument("--max-frames", type=int, help="score the first N distinct clips of the split (default all)")
+    c.add_argument("--seed", type=int, default=0, help="the frame of clip i is drawn with seed + i")
+    c.add_argument("--lora-alpha", type=float, help="LoRA alpha to draw with (0: the untrained base model)")
+    c.set_defaults(run=evaluate)
+
+    c = commands.add_parser("story", help="continue a story: captioner and visualizer alternate (SAGANets)",
+                            description="SAGANets: the captioner writes caption k+1, the visualizer draws frame k+1, "
+                                        "until N frames; writes storyboard.png, frame_XX.png and story.json under "
+                                        "--out.")
+    c.add_argument("--captioner", type=Path, required=True, help="a SAGANetsCaptioner checkpoint")
+    c.add_argument("--visualizer", type=Path, required=True,
+                   help="a visualizer checkpoint (LoRADiffusionVisualizer, GANVisualizer, ...)")
+    start = c.add_mutually_exclusive_group(required=True)
+    start.add_argument("--first-caption", help="start from this caption alone")
+    start.add_argument("--prefix", type=Path, help='JSON list of {"caption": ..., "frame": "image path"} '
+                                                   "(frames optional, relative to the JSON file)")
+    c.add_argument("--frames", type=int, default=5, help="frames in the finished story")
+    c.add_argument("--out", type=Path, required=True, help="folder to write (created)")
+    c.add_argument("--lora-alpha", type=float, help="LoRA alpha to draw with (default: the checkpoint's)")
+    c.add_argument("--continuity-strength", type=float,
+                   help="start each frame from the previous frame's latents, this fraction of them replaced by "
+                        "fresh noise (0-1; default: off)")
+    c.add_argument("--seed", type=int, default=0, help="frame i is drawn with seed + i")
+    c.set_defaults(run=story)
+
+    datasets = ("flintstones", "vist")
+    data = commands.add_parser("data", help="dataset tools: synth, check",
+                               description="Dataset tools.").add_subparsers(dest="action", metavar="<action>",
+                                                                            required=True)
+    c = data.add_parser("synth", help="write a synthetic dataset in the real on-disk layout",
+                        description="Write a synthetic dataset in the real on-disk layout.")
+    c.add_argument("--dataset", choices=datasets, required=True)
+    c.add_argument("--out", type=Path, required=True, help="folder to write (created)")
+    c.add_argument("--seed", type=int, default=0, help="same seed, same files")
+    c.add_argument("--albums", type=int, default=200, help="VIST: photo albums to write (two stories each)")
+    c.add_argument("--episodes", type=int, default=80, help="FlintstonesSV: episodes to write (14 clips each)")
+    c.set_defaults(run=data_synth)
+    c = data.add_parser("check", help="validate a dataset folder; report kept and dropped items per split",
+                        description="Validate a dataset folder; report kept and dropped items per split.")
+    c.add_argument("--dataset", choices=datasets, required=True)
+    c.add_argument("--root", type=Path, required=True, help="the dataset folder")
+    c.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    c.set_defaults(run=data_check)
+
+    c = commands.add_parser("tell", help="print a story for three image files with a trained CLIPStoryteller",
+                            description="Print a story for three images with a trained CLIPStoryteller.")
+    c.add_argument("--checkpoint", type=Path, required=True, help="a CLIPStoryteller checkpoint (.ckpt)")
+    c.add_argument("images", type=Path, nargs=3, help="three image files, in story order")
+    c.add_argument("--decoding", choices=("greedy", "beam", "nucleus"), help="override the trained setting")
+    c.set_defaults(run=tell)
+
+    c = commands.add_parser("export-lora", help="write a LoRA visualizer's adapters in diffusers' LoRA format",
+                            description="Write a LoRADiffusionVisualizer checkpoint's adapters as "
+                                        "pytorch_lora_weights.safetensors, which StableDiffusionPipeline."
+                                        "load_lora_weights(OUT) loads into a pipeline of the same base.")
+    c.add_argument("--checkpoint", type=Path, required=True, help="a LoRADiffusionVisualizer checkpoint (.ckpt)")
+    c.add_argument("--out", type=Path, required=True, help="folder to write (created)")
+    c.set_defaults(run=export_lora)
+    return parser
+
+
+# -------------------------------------------------------------------------------------- main
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -311,26 +333,24 @@ def _configure_logging() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     _configure_logging()
-    try:
-        if not args or args[0] in ("-h", "--help"):
-            print(USAGE)
-            return 0
-        if args[0] in COMMANDS:
-            return COMMANDS[args[0]](args[1:])
-        if args[0] not in LIGHTNING_COMMANDS:
-            raise VisionTalesError(f"unknown command '{args[0]}' (see `visiontales --help`)")
-        run_lightning(None if argv is None else args)
+    parser = build_parser()
+    if not args:
+        parser.print_help()
         return 0
+    opts, rest = parser.parse_known_args(args)
+    try:
+        if opts.command in LIGHTNING_COMMANDS:
+            run_lightning(None if argv is None else args)
+            return 0
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return opts.run(opts)
     except VisionTalesError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except argparse.ArgumentError as e:  # jsonargparse: a config key or value that does not parse
         print(f"error: {config_error_line(str(e), args)}", file=sys.stderr)
         return 2
-
-
-COMMANDS = {"data": data_command, "tell": tell_command, "story": story_command, "export-lora": export_lora_command,
-            "evaluate": evaluate_command, "reproduce": reproduce_command, "bootstrap": bootstrap_command}
 
 
 def config_error_line(message: str, args: list[str]) -> str:

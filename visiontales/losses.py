@@ -1,6 +1,22 @@
-"""Losses shared by the visualizers (shared/papers/saganets.md, section 4.4).
+"""Losses shared by the visualizers (the SAGANets paper, section 4.4), normalised so that each
+lambda weighs a term of order one.
 
-    L_G = lambda_adv L_adv + lambda_img L_img + lambda_clip L_clip + lambda_char L_char + lambda_coher L_coher
+The paper's generator objective (its section 4.4) is
+
+    L_G = L_adv + lambda_img L_img + lambda_clip L_clip + lambda_char L_char + lambda_coher L_coher,
+    L_char  = sum_k || f(G(z)_k) - f(G(z)_{k+1}) ||_2          (f: a feature extractor, here CLIP)
+    L_coher = sum_k || L_{k+1} - L_k ||_2^2                     (L: encoder latents, here the SD VAE's)
+
+Taken literally, the sums grow with the story length and the squared distance with the latent
+size (tens for 16x16x4 latents), while a unit-vector distance averaged per dimension is ~1e-3:
+the same lambda would mean very different things. Here every term is a mean, 0 when G is perfect
+and about 1 for unrelated frames:
+
+    L_img   = mean |x_hat - x|  (l1)  or  mean (x_hat - x)^2  (l2), pixels in [-1, 1]
+    L_adv   = -log D(G(z)) (0.69 at D's indifference) or -D(G(z)) (hinge)
+    L_clip  = mean_n (1 - cos(E_img(G(z)_n), E_text(c_n)))                         in [0, 2]
+    L_char  = mean_k 1/2 || f_k / |f_k| - f_{k+1} / |f_{k+1}| ||^2 = mean_k (1 - cos)  in [0, 2]
+    L_coher = mean_k 1/(2 D) || L_{k+1} - L_k ||^2, latents scaled to unit variance  (~1 unrelated)
 
 Frames are (N, 3, H, W) in [-1, 1]; a story's frames are consecutive along a `steps` dimension,
 (B, S, ...), where the consecutive-frame terms apply.
@@ -26,22 +42,17 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor) -> torc
     return (1.0 - F.cosine_similarity(image_features, text_features, dim=-1)).mean()
 
 
-def consecutive_distance(features: torch.Tensor) -> torch.Tensor:
-    """sum_k ||f_{k+1} - f_k||^2 over a story's steps (B, S, ...), averaged over stories and
-    over the feature elements (so the scale does not grow with the feature size)."""
-    diff = features[:, 1:] - features[:, :-1]  # (B, S-1, ...)
-    return diff.pow(2).flatten(2).mean(dim=2).sum(dim=1).mean()
-
-
 def character_loss(image_features: torch.Tensor) -> torch.Tensor:
     """L_char: consecutive generated frames of a story should show the same characters, so their
-    (L2-normalised) feature-extractor embeddings (B, S, D) should stay close."""
-    return consecutive_distance(F.normalize(image_features, dim=-1))
+    feature-extractor embeddings (B, S, D) should point the same way: mean over consecutive pairs
+    of 1 - cos."""
+    return (1.0 - F.cosine_similarity(image_features[:, 1:], image_features[:, :-1], dim=-1)).mean()
 
 
 def coherence_loss(latents: torch.Tensor) -> torch.Tensor:
-    """L_coher = sum_k ||L_{k+1} - L_k||^2 on encoder latents (B, S, C, h, w) of consecutive frames."""
-    return consecutive_distance(latents)
+    """L_coher on unit-variance encoder latents (B, S, C, h, w) of consecutive frames: the squared
+    distance per element, halved, averaged over consecutive pairs (about 1 for unrelated frames)."""
+    return (latents[:, 1:] - latents[:, :-1]).pow(2).mean() / 2
 
 
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str = "bce") -> torch.Tensor:

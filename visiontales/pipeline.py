@@ -1,10 +1,10 @@
-"""The SAGANets story loop (shared/papers/saganets.md, sections 4 and 5.1): from a prefix of k
+"""The SAGANets story loop (the SAGANets paper, sections 4 and 5.1): from a prefix of k
 caption-frame pairs (k may be 0, a first caption alone), the captioner writes caption k+1, the
 visualizer draws frame k+1, and the two alternate until the story has N frames.
 
-Beyond the paper (off by default): `continuity_strength` starts each frame's denoising from the
-previous frame's latent, re-noised to that fraction of the schedule (img2img), so that frames
-carry each other's look.
+Beyond the paper (off by default): `continuity_strength` starts each frame from the previous
+frame's latents (the Visualizer interface's `previous`, `strength`), so that frames carry each
+other's look; the LoRA visualizer re-noises them to that fraction of the schedule (img2img).
 
 Outputs a person can look at: `storyboard.png` (frames in a row, each caption under its frame,
 the given prefix framed in green and marked "given") and `story.json`.
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from visiontales.errors import VisionTalesError
+from visiontales.visualizer import Visualizer
 
 PANEL = 256  # storyboard frame side in pixels
 GIVEN, DRAWN = (40, 170, 60), (150, 150, 150)
@@ -40,24 +41,24 @@ class Story:
 
 
 class SAGANetsPipeline:
-    """Alternates a captioner (`continue_story`) and a visualizer: LoRADiffusionVisualizer or
-    GANVisualizer, which both offer `generate(captions, seeds, lora_alpha=, init_latents=,
-    strength=, return_latents=)`, `latents_of(frames)` and `hparams.resolution`."""
+    """Alternates a captioner (`continue_story`) and any Visualizer (`generate`, `latents_of`,
+    `resolution`)."""
 
-    def __init__(self, captioner, visualizer, lora_alpha: float | None = None,
+    def __init__(self, captioner, visualizer: Visualizer, lora_alpha: float | None = None,
                  continuity_strength: float | None = None) -> None:
         if continuity_strength is not None and not 0.0 < continuity_strength <= 1.0:
             raise VisionTalesError(f"continuity strength must be within (0, 1], got {continuity_strength}")
         self.captioner, self.visualizer = captioner, visualizer
         self.lora_alpha, self.continuity_strength = lora_alpha, continuity_strength
 
-    def draw(self, caption: str, seed: int, previous: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(frame (3, S, S), its latent (C, h, w)), continuing from `previous` latents if asked."""
-        options: dict[str, Any] = {"lora_alpha": self.lora_alpha, "return_latents": True}
+    def draw(self, caption: str, seed: int, previous: torch.Tensor | None
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(frame (3, S, S), its latents or None), continuing from `previous` latents if asked."""
+        options: dict[str, Any] = {"lora_alpha": self.lora_alpha}
         if previous is not None and self.continuity_strength is not None:
-            options.update(init_latents=previous[None], strength=self.continuity_strength)
-        frames, latents = self.visualizer.generate([caption], seeds=[seed], **options)
-        return frames[0], latents[0]
+            options.update(previous=previous[None], strength=self.continuity_strength)
+        drawing = self.visualizer.generate([caption], [seed], **options)
+        return drawing.frames[0], None if drawing.latents is None else drawing.latents[0]
 
     @torch.no_grad()
     def __call__(self, captions: list[str], frames: list[torch.Tensor] | None = None, n_frames: int = 5,
@@ -71,7 +72,7 @@ class SAGANetsPipeline:
             raise VisionTalesError(f"{len(frames)} frames given for {len(captions)} captions")
         if n_frames < len(captions):
             raise VisionTalesError(f"--frames {n_frames} is fewer than the {len(captions)} captions given")
-        size = self.visualizer.hparams.resolution
+        size = self.visualizer.resolution
         frames = [F.interpolate(f[None].float(), size=(size, size), mode="bilinear", antialias=True)[0]
                   for f in frames]
         story = list(captions)
@@ -170,7 +171,8 @@ class SAGANetsStories(L.LightningModule):
         """
         Args:
             captioner_checkpoint: a trained SAGANetsCaptioner (.ckpt).
-            visualizer_checkpoint: a trained LoRADiffusionVisualizer or GANVisualizer (.ckpt).
+            visualizer_checkpoint: a trained visualizer (.ckpt): LoRADiffusionVisualizer,
+                GANVisualizer, or any other registered Visualizer.
             frames: frames per story.
             lora_alpha: LoRA alpha to draw with (default: the visualizer's inference_lora_alpha).
             continuity_strength: start each frame from the previous one's latent re-noised to this
@@ -189,12 +191,12 @@ class SAGANetsStories(L.LightningModule):
         context that would hand its own init arguments to their `save_hyperparameters`."""
         if self.pipeline is not None:
             return
+        from visiontales.models.base import load_model
         from visiontales.models.captioner import SAGANetsCaptioner
-        from visiontales.models.common import load_any_checkpoint, load_checkpoint
 
         h = self.hparams
-        self.captioner = load_checkpoint(SAGANetsCaptioner, Path(h.captioner_checkpoint))
-        self.visualizer = load_any_checkpoint(Path(h.visualizer_checkpoint))
+        self.captioner = load_model(h.captioner_checkpoint, SAGANetsCaptioner, "captioner_checkpoint")
+        self.visualizer = load_model(h.visualizer_checkpoint, Visualizer, "visualizer_checkpoint")
         self.pipeline = SAGANetsPipeline(self.captioner, self.visualizer, h.lora_alpha, h.continuity_strength)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:

@@ -122,14 +122,10 @@ def _metrics(report_dir: Path, name: str) -> dict[str, Any] | None:
 
 
 def results_rows(report_dir: Path, manifest: dict[str, Any]) -> tuple[list[list[str]], dict[str, str]]:
-    """One row per approach; the FID protocols met, for the footnote."""
-    entries = [("CLIPStoryteller, prefix conditioning", "storyteller_prefix"),
-               ("CLIPStoryteller, prompt conditioning (paper)", "storyteller_prompt"),
-               ("SAGANets captioner (1 epoch; Char-F1 of the characters its captions name)", "captioner"),
-               *((name, slug) for name, slug in manifest["visualizers"].items()),
-               ("SAGANets pipeline (captioner + LoRA 1 epoch, alpha 10)", "saganets_pipeline")]
+    """One row per evaluated approach (manifest["rows"]); the FID protocols met, for the footnote."""
     rows, protocols = [], {}
-    for label, slug in entries:
+    for entry in manifest["rows"]:
+        label, slug = entry["label"], entry["id"]
         result = _metrics(report_dir, slug)
         if result is None:
             rows.append([html.escape(label)] + ["not run"] * len(TABLE_COLUMNS))
@@ -187,17 +183,17 @@ def build_report(report_dir: Path, runs_dir: Path, manifest: dict[str, Any]) -> 
 
     page.add("<h2>SAGANets (story &rarr; images)</h2>")
     boards = report_dir / "stories"
-    page.image(boards / "lora_1_alpha10" / "storyboard.png",
+    page.image(boards / "lora_alpha10" / "storyboard.png",
                "Figure 2: SAGANets after one epoch (captioner + LoRA visualizer, inference alpha 10)",
                "fig2_saganets.png")
     for story in sorted((runs_dir / "sagan_stories" / "stories").glob("*/storyboard.png"))[:4]:
         page.image(story, f"Story continued from a test prefix: {story.parent.name}", f"story_{story.parent.name}.png")
-    page.image(boards / "lora_1_alpha32" / "storyboard.png", "Figure 3 (top): inference alpha 32, as trained",
+    page.image(boards / "lora_alpha32" / "storyboard.png", "Figure 3 (top): inference alpha 32, as trained",
                "fig3_alpha32.png")
-    page.image(boards / "lora_1_alpha10" / "storyboard.png", "Figure 3 (bottom): inference alpha 10, same seeds",
+    page.image(boards / "lora_alpha10" / "storyboard.png", "Figure 3 (bottom): inference alpha 10, same seeds",
                "fig3_alpha10.png")
     n = manifest["lora_epochs"]
-    page.image(boards / f"lora_{n}_alpha10" / "storyboard.png",
+    page.image(boards / "lora_more_epochs" / "storyboard.png",
                f"Figure 4: the LoRA visualizer trained {n} epochs instead of one, same seeds", "fig4_epochs.png")
     page.image(plot_curves({"train": epoch_series(runs["lora"], "train/loss_epoch"),
                             "val": epoch_series(runs["lora"], "val/loss")},
@@ -215,7 +211,7 @@ def build_report(report_dir: Path, runs_dir: Path, manifest: dict[str, Any]) -> 
                             "d_loss": epoch_series(runs["gan"], "train/d_loss_epoch")},
                            "GAN losses per epoch (SAGANets Fig. 6)", assets / "gan_loss.png"),
                "Figure 6: generator and discriminator losses of the GAN")
-    page.image(boards / "gan_20" / "storyboard.png", "Figure 7 (top): the GAN after 20 epochs", "fig7_gan20.png")
+    page.image(boards / "gan" / "storyboard.png", "Figure 7 (top): the GAN after 20 epochs", "fig7_gan20.png")
     page.image(boards / "gan_5" / "storyboard.png", "Figure 7 (bottom): the GAN after 5 epochs, same seeds",
                "fig7_gan5.png")
     page.image(plot_curves({"CLIP loss": epoch_series(runs["clip_centric"], "train/loss_clip_epoch"),
@@ -230,8 +226,9 @@ def build_report(report_dir: Path, runs_dir: Path, manifest: dict[str, Any]) -> 
 
     page.add("<h2>Frames drawn for the test captions</h2><p>Each grid: the first 8 drawn frames (top) above "
              "the real frames of the same clips (bottom), the frames the image metrics scored.</p>")
-    for name, slug in manifest["visualizers"].items():
-        page.image(report_dir / "eval" / slug / "samples.png", name, f"samples_{slug}.png")
+    for row in manifest["rows"]:
+        if (report_dir / "eval" / row["id"] / "samples.png").is_file():
+            page.image(report_dir / "eval" / row["id"] / "samples.png", row["label"], f"samples_{row['id']}.png")
 
     page.add("<h2>Runs: exact configs and commands</h2>")
     for name, info in manifest["runs"].items():

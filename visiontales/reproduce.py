@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from visiontales.errors import VisionTalesError
 
@@ -36,8 +37,11 @@ class Profile:
     flintstones_root: Path
     clip: str  # the CLIP that scores CLIPScore
     lora_epochs: int  # the "more than one epoch" LoRA run
-    train: dict[str, list[str]] = field(default_factory=dict)  # extra trainer arguments per config
+    train: dict[str, list[str]] = field(default_factory=dict)  # extra trainer arguments per run
     stories: int = 4
+
+    def epochs(self, run: Run) -> int | None:
+        return self.lora_epochs if run.name == "lora" else run.epochs
 
 
 def profiles() -> dict[str, Profile]:
@@ -69,8 +73,8 @@ def missing_for_paper(profile: Profile) -> list[str]:
                        (flint / "train-val-test_split.json", "FlintstonesSV split file"),
                        (flint / "video_frames_sampled", "FlintstonesSV frames folder (<globalID>.npy)")):
         if not path.exists():
-            problems.append(f"missing {what}: put it at {path} (see shared reference datasets.md; "
-                            f"or set VIST_ROOT / FLINTSTONES_ROOT)")
+            problems.append(f"missing {what}: put it at {path} (see README, 'Using the real VIST / "
+                            f"FlintstonesSV'; or set VIST_ROOT / FLINTSTONES_ROOT)")
     from huggingface_hub import try_to_load_from_cache
 
     for repo, filename, what in (("gpt2", "config.json", "GPT-2 weights"),
@@ -121,7 +125,7 @@ class Runner:
 
     def fit(self, name: str, stem: str, root: Path, extra: list[str] = ()) -> Path:
         """Train `stem`'s config as run `name`; returns its log dir (runs/<profile>/<name>)."""
-        args = [*self.lightning_args("fit", name, stem, root), *self.profile.train.get(stem, []), *extra]
+        args = [*self.lightning_args("fit", name, stem, root), *self.profile.train.get(name, []), *extra]
         run = self.runs_dir / name
         if self.reuse and (run / "checkpoints" / "last.ckpt").is_file():
             print(f"[{self.profile.name}] fit {name}: reusing {run}", flush=True)
@@ -131,9 +135,11 @@ class Runner:
         self.runs[name] = {"dir": str(run), "config": str(run / "config.yaml"), "command": "visiontales " + " ".join(args)}
         return run
 
-    def snapshots(self, epochs: list[int]) -> list[str]:
+    def snapshots(self, epochs: tuple[int, ...]) -> list[str]:
+        if not epochs:
+            return []
         return ["--trainer.callbacks+=visiontales.callbacks.EpochSnapshots",
-                f"--trainer.callbacks.epochs={json.dumps(epochs)}"]
+                f"--trainer.callbacks.epochs={json.dumps(list(epochs))}"]
 
     def evaluate(self, name: str, args: list[str]) -> Path:
         out = self.report_dir / "eval" / name
@@ -141,77 +147,132 @@ class Runner:
         return out
 
 
+@dataclass(frozen=True)
+class Run:
+    """A training run: `visiontales fit` on a config of the profile, logged to runs/<profile>/<name>."""
+
+    name: str
+    config: str  # experiments[/tiny]/<config>.yaml
+    dataset: str  # "vist" or "flintstones"
+    epochs: int | None = None  # None: the config's
+    snapshots: tuple[int, ...] = ()  # epochs also kept as checkpoints/epoch-<n>.ckpt
+
+
+@dataclass(frozen=True)
+class Use:
+    """A checkpoint of a run, with options for the command that reads it."""
+
+    run: str
+    checkpoint: str = "last"  # "last", "best" or "epoch-<n>" (a snapshot)
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Row:
+    """A row of the results table: `visiontales evaluate` of one checkpoint (or of the real frames,
+    or of the stories predicted from test prefixes) into reports/<profile>/eval/<id>."""
+
+    id: str
+    label: str
+    source: Use | Literal["real frames", "stories"]
+
+
+RUNS = (
+    Run("storyteller_prefix", "clip_storyteller_prefix", "vist", 7),
+    Run("storyteller_prompt", "clip_storyteller", "vist", 7),
+    Run("character_classifier", "character_classifier", "flintstones"),
+    Run("captioner", "sagan_captioner", "flintstones", 1),
+    Run("lora", "sagan_lora", "flintstones", snapshots=(1,)),  # the profile's lora_epochs
+    Run("gan", "gan", "flintstones", 20, snapshots=(5,)),
+    Run("clip_centric", "clip_centric", "flintstones", 10),
+    Run("temporal_coherence", "temporal_coherence", "flintstones", 10),
+    Run("combined", "combined", "flintstones", 10),
+)
+LORA_1 = Use("lora", "epoch-1", ("--lora-alpha", "10"))
+# storyboards of FIRST_CAPTION: SAGANets after one epoch (Fig. 2), alpha 32 vs 10 (Fig. 3), more
+# epochs (Fig. 4), the GAN at 20 and 5 epochs (Fig. 7), the other approaches
+BOARDS = {
+    "lora_alpha10": LORA_1,
+    "lora_alpha32": Use("lora", "epoch-1", ("--lora-alpha", "32")),
+    "lora_more_epochs": Use("lora", "last", ("--lora-alpha", "10")),
+    "gan": Use("gan"), "gan_5": Use("gan", "epoch-5"),
+    "clip_centric": Use("clip_centric"), "temporal_coherence": Use("temporal_coherence"), "combined": Use("combined"),
+}
+ROWS = (
+    Row("storyteller_prefix", "CLIPStoryteller, prefix conditioning", Use("storyteller_prefix")),
+    Row("storyteller_prompt", "CLIPStoryteller, prompt conditioning (paper)", Use("storyteller_prompt")),
+    Row("captioner", "SAGANets captioner (1 epoch; Char-F1 of the characters its captions name)", Use("captioner")),
+    Row("real_frames", "real frames", "real frames"),
+    Row("lora_untrained", "LoRA untrained (alpha 0)", Use("lora", "epoch-1", ("--lora-alpha", "0"))),
+    Row("lora_alpha32", "LoRA 1 epoch, alpha 32", BOARDS["lora_alpha32"]),
+    Row("lora", "LoRA 1 epoch, alpha 10", LORA_1),
+    Row("lora_more_epochs", "LoRA {lora_epochs} epochs, alpha 10", BOARDS["lora_more_epochs"]),
+    Row("gan_5", "GAN 5 epochs", BOARDS["gan_5"]),
+    Row("gan", "GAN 20 epochs", BOARDS["gan"]),
+    Row("clip_centric", "CLIP-centric", BOARDS["clip_centric"]),
+    Row("temporal_coherence", "temporal coherence", BOARDS["temporal_coherence"]),
+    Row("combined", "combined", BOARDS["combined"]),
+    Row("story_pipeline", "SAGANets pipeline (captioner + LoRA 1 epoch, alpha 10)", "stories"),
+)
+STORIES_FROM_PREFIXES = LORA_1  # the visualizer of the stories continued from test prefixes
+
+
 def run_profile(profile: Profile, report_dir: Path, runs_dir: Path, reuse: bool = False) -> Path:
+    """Every run of RUNS, the BOARDS, the stories from test prefixes and every row of ROWS, then
+    the report."""
     from visiontales.report import build_report
 
     r = Runner(profile, report_dir, runs_dir, reuse)
-    vist, flint = profile.vist_root, profile.flintstones_root
+    roots = {"vist": profile.vist_root, "flintstones": profile.flintstones_root}
     if profile.name == "tiny":
-        for dataset, root in (("vist", vist), ("flintstones", flint)):
+        for dataset, root in roots.items():
             if not root.is_dir():
                 r.vt(f"synth {dataset}", ["data", "synth", "--dataset", dataset, "--out", str(root), "--seed", "0"])
         r.vt("bootstrap tiny-domain backbones", ["bootstrap"])
-    ck = "checkpoints/last.ckpt"
+    runs = {}
+    for run in RUNS:
+        epochs = profile.epochs(run)
+        extra = [] if epochs is None else ["--trainer.max_epochs", str(epochs)]
+        runs[run.name] = r.fit(run.name, run.config, roots[run.dataset], [*extra, *r.snapshots(run.snapshots)])
 
-    # VisionTales: the storyteller, prefix (ours) and prompt (the paper's) conditioning, 7 epochs
-    story_prefix = r.fit("storyteller_prefix", "clip_storyteller_prefix", vist, ["--trainer.max_epochs", "7"])
-    story_prompt = r.fit("storyteller_prompt", "clip_storyteller", vist, ["--trainer.max_epochs", "7"])
-    for name, run in (("storyteller_prefix", story_prefix), ("storyteller_prompt", story_prompt)):
-        r.evaluate(name, ["--checkpoint", str(run / ck), "--data-root", str(vist)])
+    def checkpoint(use: Use) -> list[str]:
+        return [str(runs[use.run] / "checkpoints" / f"{use.checkpoint}.ckpt"), *use.options]
+
+    vist, flint = roots["vist"], roots["flintstones"]
+    last = {name: runs[name] / "checkpoints" / "last.ckpt" for name in runs}
     r.vt("storyteller samples", [*r.lightning_args("predict", "storyteller_samples", "clip_storyteller_prefix", vist),
-                                 "--trainer.limit_predict_batches", "1", "--ckpt_path", str(story_prefix / ck)])
-
-    # SAGANets: the character classifier (evaluation), captioner, LoRA visualizer
-    classifier = r.fit("character_classifier", "character_classifier", flint) / ck
-    captioner = r.fit("captioner", "sagan_captioner", flint, ["--trainer.max_epochs", "1"])
+                                 "--trainer.limit_predict_batches", "1", "--ckpt_path", str(last["storyteller_prefix"])])
     r.vt("captioner samples", [*r.lightning_args("predict", "captioner_samples", "sagan_captioner", flint),
-                               "--trainer.limit_predict_batches", "1", "--ckpt_path", str(captioner / ck)])
-    r.evaluate("captioner", ["--checkpoint", str(captioner / ck), "--data-root", str(flint)])
-    lora = r.fit("lora", "sagan_lora", flint, ["--trainer.max_epochs", str(profile.lora_epochs), *r.snapshots([1])])
-    lora_1, lora_n = lora / "checkpoints/epoch-1.ckpt", lora / ck
-
-    # the GAN at 5 and 20 epochs (one run), the CLIP-centric, temporal-coherence and combined approaches
-    gan = r.fit("gan", "gan", flint, ["--trainer.max_epochs", "20", *r.snapshots([5])])
-    others = {stem: r.fit(stem, stem, flint, ["--trainer.max_epochs", "10"])
-              for stem in ("clip_centric", "temporal_coherence", "combined")}
-
-    # stories: SAGANets after one epoch (Fig. 2), alpha 32 vs 10 (Fig. 3), >1 epoch (Fig. 4), GAN 5 vs 20 (Fig. 7)
-    story = ["--captioner", str(captioner / ck), "--first-caption", FIRST_CAPTION, "--frames", "5", "--seed", "0"]
-    boards = {"lora_1_alpha10": (lora_1, ["--lora-alpha", "10"]), "lora_1_alpha32": (lora_1, ["--lora-alpha", "32"]),
-              f"lora_{profile.lora_epochs}_alpha10": (lora_n, ["--lora-alpha", "10"]),
-              "gan_5": (gan / "checkpoints/epoch-5.ckpt", []), "gan_20": (gan / ck, []),
-              **{stem: (run / ck, []) for stem, run in others.items()}}
-    for name, (checkpoint, extra) in boards.items():
-        r.vt(f"story {name}", ["story", "--visualizer", str(checkpoint), *story, *extra,
+                               "--trainer.limit_predict_batches", "1", "--ckpt_path", str(last["captioner"])])
+    story = ["--captioner", str(last["captioner"]), "--first-caption", FIRST_CAPTION, "--frames", "5", "--seed", "0"]
+    for name, use in BOARDS.items():
+        visualizer, *options = checkpoint(use)
+        r.vt(f"story {name}", ["story", "--visualizer", visualizer, *story, *options,
                                "--out", str(report_dir / "stories" / name)])
+    visualizer, _, alpha = checkpoint(STORIES_FROM_PREFIXES)
     r.vt("stories from test prefixes", [
         *r.lightning_args("predict", "sagan_stories", "sagan_story", flint),
-        "--model.init_args.captioner_checkpoint", str(captioner / ck), "--model.init_args.visualizer_checkpoint",
-        str(lora_1), "--model.init_args.lora_alpha", "10", "--trainer.limit_predict_batches", str(profile.stories)])
+        "--model.init_args.captioner_checkpoint", str(last["captioner"]),
+        "--model.init_args.visualizer_checkpoint", visualizer, "--model.init_args.lora_alpha", alpha,
+        "--trainer.limit_predict_batches", str(profile.stories)])
 
-    # image metrics of every visualizer on the same captions and seeds
-    image = ["--data-root", str(flint), "--classifier", str(classifier), "--clip", profile.clip]
-    visualizers = {"real frames": ["--real-frames"],
-                   "LoRA untrained (alpha 0)": ["--checkpoint", str(lora_1), "--lora-alpha", "0"],
-                   "LoRA 1 epoch, alpha 32": ["--checkpoint", str(lora_1), "--lora-alpha", "32"],
-                   "LoRA 1 epoch, alpha 10": ["--checkpoint", str(lora_1), "--lora-alpha", "10"],
-                   f"LoRA {profile.lora_epochs} epochs, alpha 10": ["--checkpoint", str(lora_n), "--lora-alpha", "10"],
-                   "GAN 5 epochs": ["--checkpoint", str(gan / "checkpoints/epoch-5.ckpt")],
-                   "GAN 20 epochs": ["--checkpoint", str(gan / ck)],
-                   **{f"{stem.replace('_', '-')}": ["--checkpoint", str(run / ck)] for stem, run in others.items()}}
-    for name, args in visualizers.items():
-        r.evaluate(_slug(name), [*args, *image])
-    r.evaluate("saganets_pipeline", ["--stories", str(runs_dir / "sagan_stories"), *image])
+    # every row on the same split, captions and seeds; the image options are ignored for text models
+    image = ["--classifier", str(last["character_classifier"]), "--clip", profile.clip]
+    dataset_of = {run.name: run.dataset for run in RUNS}
+    for row in ROWS:
+        if isinstance(row.source, Use):
+            args = ["--checkpoint", *checkpoint(row.source), "--data-root", str(roots[dataset_of[row.source.run]])]
+        elif row.source == "real frames":
+            args = ["--real-frames", "--data-root", str(flint)]
+        else:
+            args = ["--stories", str(runs_dir / "sagan_stories"), "--data-root", str(flint)]
+        r.evaluate(row.id, [*args, *image])
 
     manifest = {"profile": profile.name, "vist_root": str(vist), "runs": r.runs, "timings_s": r.timings,
-                "visualizers": {name: _slug(name) for name in visualizers}, "boards": list(boards),
-                "lora_epochs": profile.lora_epochs}
+                "rows": [{"id": row.id, "label": row.label.format(lora_epochs=profile.lora_epochs)} for row in ROWS],
+                "boards": list(BOARDS), "lora_epochs": profile.lora_epochs}
     (report_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return build_report(report_dir, runs_dir, manifest)
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
 
 
 def main(profile_name: str, reports: Path = Path("reports"), runs: Path = Path("runs"), reuse: bool = False) -> int:

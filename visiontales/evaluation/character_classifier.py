@@ -13,13 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MultilabelExactMatch, MultilabelF1Score
 
-from data_modules.flintstones import MAIN_CHARACTERS
 from visiontales.errors import VisionTalesError
+from visiontales.models.base import VisionTalesModule
+from visiontales.vocabulary import MAIN_CHARACTERS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,8 +32,10 @@ def character_metrics(prefix: str) -> torch.nn.ModuleDict:
                                 f"{prefix}char_f1": MultilabelF1Score(num_labels=n, average="micro")})
 
 
-class CharacterClassifier(L.LightningModule):
+class CharacterClassifier(VisionTalesModule, kind="character_classifier"):
     """Multi-label classifier of the 7 main characters on frames in [-1, 1]."""
+
+    monitor = ("val/char_f1", "max")
 
     def __init__(self, backbone: str = "resnet18", weights: str | None = None, resolution: int = 128,
                  lr: float = 1e-3, weight_decay: float = 1e-4) -> None:
@@ -121,12 +123,6 @@ class CharacterClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-
-    def configure_callbacks(self):
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
-        return [ModelCheckpoint(monitor="val/char_f1", mode="max", save_last=True,
-                                filename="epoch{epoch:02d}-f1{val/char_f1:.4f}", auto_insert_metric_name=False)]
 
 
 @torch.no_grad()

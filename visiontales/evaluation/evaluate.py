@@ -1,12 +1,13 @@
 """`visiontales evaluate`: one checkpoint (or a folder of generated stories) on one data split ->
 metrics.json and metrics.md.
 
-- CLIPStoryteller, SAGANetsCaptioner: the model's own test (or validation) loop on the split
-  (BLEU-1..4, METEOR, ROUGE-L, CIDEr; the captioner adds Char-F1 of named characters and
+- text models (CLIPStoryteller, SAGANetsCaptioner): the model's own test (or validation) loop on
+  the split (BLEU-1..4, METEOR, ROUGE-L, CIDEr; the captioner adds Char-F1 of named characters and
   perplexity), with the data module the checkpoint was trained with, pointed at --data-root.
-- LoRADiffusionVisualizer, GANVisualizer: one frame per distinct clip of the split (its fixed
-  evaluation frame), drawn from the clip's caption with seed `seed + i`: Char-Acc and Char-F1
-  (character classifier), FID against the real frames (protocol named), CLIPScore.
+- visualizers (any Visualizer: LoRADiffusionVisualizer, GANVisualizer, ...): one frame per distinct
+  clip of the split (its fixed evaluation frame), drawn from the clip's caption with seed
+  `seed + i`: Char-Acc and Char-F1 (character classifier), FID against the real frames (protocol
+  named), CLIPScore.
 - a stories folder (`visiontales predict --config experiments/sagan_story.yaml` or `story`):
   the whole SAGANets pipeline: text metrics of the generated captions against the reference
   captions of the same steps, Char-F1 of each drawn frame against the characters its caption
@@ -16,7 +17,7 @@ metrics.json and metrics.md.
 
 from __future__ import annotations
 
-import inspect
+import importlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -64,22 +65,21 @@ class Evaluation:
 # ----------------------------------------------------------------------------------------- text
 
 
-def _datamodule_for(model, checkpoint: Path, data_root: Path):
-    from data_modules.flintstones import FlintstonesSVDataModule
-    from data_modules.vist import VISTDataModule
-    from visiontales.models.storyteller import CLIPStoryteller
+def datamodule_for(model, checkpoint: dict[str, Any], data_root: Path):
+    """The data module a checkpoint was trained with (its class and settings as LightningCLI
+    recorded them, else the model's `datamodule_class`), pointed at `data_root`."""
+    from lightning.pytorch.core.saving import _load_state
 
-    cls = VISTDataModule if isinstance(model, CLIPStoryteller) else FlintstonesSVDataModule
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
-    accepted = inspect.signature(cls.__init__).parameters  # LightningCLI also records _class_path etc.
-    hparams = {k: v for k, v in saved.get("datamodule_hyper_parameters", {}).items() if k in accepted}
-    return cls(**{**hparams, "root": str(data_root)})
+    saved = checkpoint.get("datamodule_hyper_parameters") or {}
+    module, name = saved.get("_class_path", model.datamodule_class).rsplit(".", 1)
+    return _load_state(getattr(importlib.import_module(module), name), checkpoint, root=str(data_root))
 
 
-def evaluate_text_model(model, checkpoint: Path, data_root: Path, split: str, out: Path) -> Evaluation:
+def evaluate_text_model(model, checkpoint: dict[str, Any], source: Path, data_root: Path, split: str,
+                        out: Path) -> Evaluation:
     import lightning as L
 
-    datamodule = _datamodule_for(model, checkpoint, data_root)
+    datamodule = datamodule_for(model, checkpoint, data_root)
     trainer = L.Trainer(accelerator="auto", devices=1, logger=False, default_root_dir=out,
                         enable_progress_bar=False, enable_model_summary=False)
     run = trainer.test if split == "test" else trainer.validate
@@ -87,7 +87,7 @@ def evaluate_text_model(model, checkpoint: Path, data_root: Path, split: str, ou
     prefix = "test/" if split == "test" else "val/"
     metrics = {k[len(prefix):]: float(v) for k, v in results.items() if k.startswith(prefix)}
     count = len(datamodule.datasets["test" if split == "test" else "val"])
-    return Evaluation(type(model).__name__, str(checkpoint), str(data_root), split, count, metrics,
+    return Evaluation(type(model).__name__, str(source), str(data_root), split, count, metrics,
                       {"METEOR": "pycocoevalcap (METEOR 1.5 jar)"})
 
 
@@ -121,17 +121,6 @@ def image_metrics(frames: torch.Tensor, captions: list[str], labels: torch.Tenso
     return metrics, {"fid": protocol, "clip_score": "100 * max(cos, 0) with the project's CLIP"}
 
 
-@torch.no_grad()
-def draw_frames(visualizer, captions: list[str], seed: int, size: int, lora_alpha: float | None,
-                batch_size: int = 16) -> torch.Tensor:
-    frames = []
-    for start in range(0, len(captions), batch_size):
-        chunk = captions[start:start + batch_size]
-        seeds = [seed + start + i for i in range(len(chunk))]
-        frames.append(visualizer.generate(chunk, seeds=seeds, size=size, lora_alpha=lora_alpha).float().cpu())
-    return torch.cat(frames)
-
-
 def save_grid(frames: torch.Tensor, path: Path, nrow: int = 8) -> Path:
     from torchvision.utils import save_image
 
@@ -143,10 +132,10 @@ def save_grid(frames: torch.Tensor, path: Path, nrow: int = 8) -> Path:
 def evaluate_visualizer(visualizer, checkpoint: Path, data_root: Path, split: str, out: Path, classifier,
                         clip_model, max_frames: int | None, seed: int, lora_alpha: float | None,
                         inception_weights=None, reference: bool = False) -> Evaluation:
-    """Frames drawn for the split's captions (or, with `reference`, the real frames themselves)."""
-    size = visualizer.hparams.resolution if visualizer is not None else 64
+    """Frames a Visualizer draws for the split's captions (or, with `reference`, the real frames)."""
+    size = visualizer.resolution if visualizer is not None else 64
     real, captions, labels, clips = split_clips(data_root, split, size, max_frames)
-    frames = real if reference else draw_frames(visualizer, captions, seed, size, lora_alpha)
+    frames = real if reference else visualizer.draw(captions, [seed + i for i in range(len(captions))], lora_alpha)
     metrics, protocols = image_metrics(frames, captions, labels, real, classifier, clip_model, inception_weights)
     save_grid(torch.cat([frames[:8], real[:8]]), out / "samples.png")
     shown = [{"clip": c, "caption": t} for c, t in zip(clips[:8], captions[:8], strict=True)]
@@ -182,8 +171,8 @@ def evaluate_stories(folder: Path, data_root: Path, split: str, out: Path, class
 
     from data_modules.flintstones import FlintstonesIndex
     from visiontales.evaluation.character_classifier import score_frames
-    from visiontales.evaluation.character_mentions import named_characters
     from visiontales.evaluation.text_metrics import coco_caption_scores
+    from visiontales.vocabulary import named_characters
 
     stories = read_stories(folder)
     index = FlintstonesIndex(data_root)

@@ -1,4 +1,4 @@
-"""SAGANetsCaptioner: the text side of SAGANets (shared/papers/saganets.md, sections 4.1 and 4.3).
+"""SAGANetsCaptioner: the text side of SAGANets (the SAGANets paper, sections 4.1 and 4.3).
 
 GPT-2 predicts caption k+1 of a FlintstonesSV story from the serialized prefix
 
@@ -12,22 +12,24 @@ or adapted with LoRA on `c_attn` (peft) for larger models, the scene-token embed
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torchmetrics.classification import MultilabelF1Score
 from torchmetrics.text import Perplexity
 
-from data_modules.flintstones import MAIN_CHARACTERS, STORY_LENGTH
 from visiontales.backbones import load_gpt2
-from visiontales.evaluation import CaptionScores, named_characters
-from visiontales.models.common import TextGenerationModule, decoding_options
+from visiontales.evaluation.text_metrics import CaptionScores
+from visiontales.models.text_generation import TextGenerationModule
+from visiontales.vocabulary import MAIN_CHARACTERS, STORY_LENGTH, named_characters
 
 SCENE_TOKENS = [f"<SCENE_{i}>" for i in range(1, STORY_LENGTH + 1)]
 
 
-class SAGANetsCaptioner(TextGenerationModule):
+class SAGANetsCaptioner(TextGenerationModule, kind="saganets_captioner"):
     """GPT-2 that writes the next caption of a story from a prefix of its captions."""
+
+    datamodule_class = "data_modules.flintstones.FlintstonesSVDataModule"
 
     def __init__(
         self,
@@ -35,37 +37,23 @@ class SAGANetsCaptioner(TextGenerationModule):
         ignore_prefix: bool = False,
         lora_rank: int = 0,
         lora_alpha: int = 32,
-        lr: float = 5e-5,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
         max_caption_tokens: int = 48,
-        decoding: Literal["greedy", "beam", "nucleus"] = "greedy",
-        num_beams: int = 4,
-        top_p: float = 0.9,
-        temperature: float = 1.0,
         max_new_tokens: int = 40,
-        samples_to_log: int = 4,
+        **kwargs: Any,
     ) -> None:
         """
         Args:
-            gpt2: GPT-2 to fine-tune: hub id (gpt2), local directory, or "tiny".
+            gpt2: GPT-2 to fine-tune: hub id (gpt2), local directory, "tiny" or "tiny-domain".
             ignore_prefix: ablation: read only the scene token S_{k+1}, never the earlier captions.
             lora_rank: 0 fine-tunes all of GPT-2 (the paper); r > 0 trains rank-r LoRA adapters on
                 `c_attn` and the scene-token embeddings instead.
             lora_alpha: LoRA alpha (the update is scaled by alpha / r).
-            lr: AdamW learning rate (not given in the paper; 5e-5 is GPT-2 fine-tuning's usual).
-            weight_decay: AdamW weight decay.
-            warmup_steps: linear learning-rate warm-up steps.
             max_caption_tokens: each caption is truncated to this many tokens.
-            decoding: "greedy", "beam" or "nucleus" sampling.
-            num_beams: beams for "beam" decoding.
-            top_p: nucleus mass for "nucleus" decoding.
-            temperature: sampling temperature for "nucleus" decoding.
             max_new_tokens: longest caption generated, in tokens.
-            samples_to_log: prefix -> generated / reference triples logged per validation epoch.
+            **kwargs: the optimiser and decoding options of TextGenerationModule (lr, weight_decay,
+                warmup_steps, decoding, num_beams, top_p, temperature, samples_to_log).
         """
-        super().__init__()
-        self.save_hyperparameters()
+        super().__init__(max_new_tokens=max_new_tokens, **kwargs)
         self.gpt2, self.tokenizer = load_gpt2(gpt2)
         self.tokenizer.add_special_tokens({"additional_special_tokens": SCENE_TOKENS})
         self.gpt2.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
@@ -128,11 +116,10 @@ class SAGANetsCaptioner(TextGenerationModule):
         for i, row in enumerate(rows):
             ids[i, t - len(row):] = torch.tensor(row)
             mask[i, t - len(row):] = 1
-        h = self.hparams
         out = self.gpt2.generate(
-            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=h.max_new_tokens,
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
             eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
-            **decoding_options(h.decoding, h.num_beams, h.top_p, h.temperature))
+            **self.decoding_options())
         return [s.strip() for s in self.tokenizer.batch_decode(out[:, t:], skip_special_tokens=True)]
 
     def continue_story(self, captions: list[str], steps: int) -> list[str]:
@@ -148,6 +135,7 @@ class SAGANetsCaptioner(TextGenerationModule):
     # ------------------------------------------------------------------------------- hooks
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         datamodule = getattr(self._trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "drop_images"):
             datamodule.drop_images()  # the captioner reads captions only

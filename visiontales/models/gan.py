@@ -1,8 +1,11 @@
-"""GANVisualizer: the alternative approaches of SAGANets (shared/papers/saganets.md, sections 4.4, 5.2).
+"""GANVisualizer: the alternative approaches of SAGANets (the SAGANets paper, sections 4.4 and 5.2).
 
 One module, four approaches that differ only in their loss weights:
 
     L_G = lambda_adv L_adv + lambda_img L_img + lambda_clip L_clip + lambda_char L_char + lambda_coher L_coher
+
+each term normalised as in visiontales.losses, so that every lambda weighs a term of order one
+(each term's share of L_G is logged as `train/share_<term>`).
 
 - GAN (experiments/gan.yaml): adversarial + L1 + CLIP + character, the paper's best alternative;
 - CLIP-centric (clip_centric.yaml): no discriminator, L2 + CLIP + character;
@@ -13,8 +16,9 @@ A story is the unit: G draws all five frames of a FlintstonesSV story from their
 consecutive-frame terms (character persistence, latent coherence) see whole stories.
 
 Generator: "conv", a DCGAN-style network from (z, caption embedding) for 64-128 px, or "sd_lora",
-the paper's: a Stable Diffusion UNet with LoRA adapters that denoises pure noise in one step
-(x_0 = (z_T - sqrt(1 - a_T) eps) / sqrt(a_T)) and the frozen VAE decodes. Discriminator: a
+the paper's: a Stable Diffusion UNet with LoRA adapters that denoises pure noise in one step (the
+clean latent its output implies at t = T, by the scheduler's prediction type) and the frozen VAE
+decodes. Discriminator: a
 convolutional projection discriminator (Miyato & Koyama 2018) on the frame and the caption
 embedding, spectral norm optional. Caption embeddings and the CLIP loss use the project's CLIP.
 """
@@ -28,11 +32,12 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
-from torchvision.utils import make_grid
 
 from visiontales import losses
 from visiontales.backbones import clip_preprocessing, load_clip, load_stable_diffusion, load_vae
-from visiontales.models.common import TrainableWeightsCheckpoint
+from visiontales.errors import VisionTalesError
+from visiontales.sd import StableDiffusion, encode_latents
+from visiontales.visualizer import Drawing, Visualizer
 
 
 def _sn(module: nn.Module, on: bool) -> nn.Module:
@@ -61,25 +66,18 @@ class ConvGenerator(nn.Module):
 
 
 class SDOneStepGenerator(nn.Module):
-    """A Stable Diffusion UNet with LoRA adapters that denoises pure noise z_T in one step; the
-    frozen VAE decodes the predicted clean latent."""
+    """A Stable Diffusion UNet with LoRA adapters on q, k, v that denoises pure noise z_T in one
+    step; the frozen VAE decodes the clean latent the UNet's output implies."""
 
-    def __init__(self, sd, lora_rank: int, lora_alpha: float) -> None:
+    def __init__(self, sd: StableDiffusion, lora_rank: int, lora_alpha: float) -> None:
         super().__init__()
-        from peft import LoraConfig
-
         self.sd = sd
-        sd.requires_grad_(False)
-        sd.unet.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_alpha, init_lora_weights="gaussian",
-                                       target_modules=["to_q", "to_k", "to_v"]))
+        sd.add_lora(lora_rank, lora_alpha, ["to_q", "to_k", "to_v"])
         self.t = sd.noise_scheduler.config.num_train_timesteps - 1
 
-    def forward(self, z: torch.Tensor, text_states: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-        a = self.sd.noise_scheduler.alphas_cumprod[self.t].to(z)
+    def forward(self, z: torch.Tensor, text_states: torch.Tensor, scale: float | None = None) -> torch.Tensor:
         t = torch.full((len(z),), self.t, device=z.device)
-        eps = self.sd.unet(z, t, encoder_hidden_states=text_states, cross_attention_kwargs={"scale": scale}).sample
-        x0 = (z - (1 - a).sqrt() * eps) / a.sqrt()
-        return self.sd.vae.decode(x0 / self.sd.vae.config.scaling_factor).sample.clamp(-1, 1)
+        return self.sd.decode(self.sd.clean_latents(self.sd.predict(z, t, text_states, scale), z, t))
 
 
 class ProjectionDiscriminator(nn.Module):
@@ -101,7 +99,7 @@ class ProjectionDiscriminator(nn.Module):
         return self.linear(h).squeeze(1) + (self.embed(cond) * h).sum(dim=1)
 
 
-class GANVisualizer(TrainableWeightsCheckpoint):
+class GANVisualizer(Visualizer, kind="gan"):
     """Draws the frames of a story from its captions; trained adversarially and/or by direct losses."""
 
     def __init__(
@@ -146,11 +144,12 @@ class GANVisualizer(TrainableWeightsCheckpoint):
             spectral_norm: spectral normalisation on the discriminator's layers.
             adversarial_loss: "bce" (non-saturating) or "hinge".
             lambda_adv: weight of the adversarial term (0: no discriminator at all).
-            lambda_img: weight of the pixel loss to the ground-truth frame.
+            lambda_img: weight of the pixel loss to the ground-truth frame (mean over pixels).
             image_loss: "l1" (the GAN approach) or "l2" (the CLIP-centric and coherence ones).
             lambda_clip: weight of 1 - cos(CLIP image embedding, CLIP caption embedding).
-            lambda_char: weight of the distance between CLIP embeddings of consecutive frames.
-            lambda_coher: weight of the squared distance between VAE latents of consecutive frames.
+            lambda_char: weight of 1 - cos between CLIP embeddings of consecutive frames.
+            lambda_coher: weight of the squared distance between consecutive frames' VAE latents,
+                per element and halved (about 1 for unrelated frames).
             r1_gamma: R1 gradient penalty on real frames, gamma (0: off).
             lr_g: Adam learning rate of the generator.
             lr_d: Adam learning rate of the discriminator.
@@ -158,7 +157,7 @@ class GANVisualizer(TrainableWeightsCheckpoint):
             max_nonfinite_steps: training stops after this many steps with a non-finite loss
                 (each one is skipped, so the weights stay those of the last finite step).
             val_samples: stories whose frames are drawn beside the ground truth each validation.
-            seed: seed of the validation noise.
+            seed: seed of the validation noise and of the drawing seeds.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -192,24 +191,18 @@ class GANVisualizer(TrainableWeightsCheckpoint):
         std = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
         return self.clip.encode_image((x - mean) / std).float()
 
-    def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def noise_shape(self) -> tuple[int, ...]:
+        """The shape of one frame's noise: a latent (C, h, w) for "sd_lora", a vector for "conv"."""
         if self.hparams.generator == "sd_lora":
-            vae = self.generator.sd.vae
-            factor = 2 ** (len(vae.config.block_out_channels) - 1)
-            shape = (n, self.generator.sd.unet.config.in_channels, self.hparams.resolution // factor,
-                     self.hparams.resolution // factor)
-        else:
-            shape = (n, self.hparams.z_dim)
-        return torch.randn(shape, generator=generator).to(self.device) if generator else \
-            torch.randn(shape, device=self.device)
+            return self.generator.sd.latent_shape(self.resolution)
+        return (self.hparams.z_dim,)
 
-    def draw(self, z: torch.Tensor, captions: list[str], cond: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    def draw_frames(self, z: torch.Tensor, captions: list[str], cond: torch.Tensor,
+                    scale: float | None = None) -> torch.Tensor:
+        """G(z, caption): frames (N, 3, R, R) in [-1, 1]."""
         if self.hparams.generator == "sd_lora":
-            sd = self.generator.sd
-            ids = sd.tokenizer(captions, padding="max_length", max_length=sd.tokenizer.model_max_length,
-                               truncation=True, return_tensors="pt").input_ids.to(self.device)
             with torch.no_grad():
-                states = sd.text_encoder(ids)[0]
+                states = self.generator.sd.encode_prompts(captions)
             return self.generator(z, states, scale)
         return self.generator(z, cond)
 
@@ -221,7 +214,7 @@ class GANVisualizer(TrainableWeightsCheckpoint):
 
     def generator_terms(self, fake: torch.Tensor, real: torch.Tensor, cond: torch.Tensor,
                         b: int, s: int) -> dict[str, torch.Tensor]:
-        """Each weighted term of L_G that is switched on, unweighted."""
+        """Each weighted term of L_G that is switched on, unweighted (visiontales.losses)."""
         h = self.hparams
         terms = {"img": losses.image_loss(fake, real, h.image_loss)}
         if self.discriminator is not None:
@@ -233,12 +226,13 @@ class GANVisualizer(TrainableWeightsCheckpoint):
             if h.lambda_char:
                 terms["char"] = losses.character_loss(features.view(b, s, -1))
         if h.lambda_coher:
-            latents = self.vae.encode(fake.to(self.vae.dtype)).latent_dist.mean.float()
+            latents = encode_latents(self.vae, fake)
             terms["coher"] = losses.coherence_loss(latents.view(b, s, *latents.shape[1:]))
         return terms
 
-    def weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(getattr(self.hparams, f"lambda_{name}") * value for name, value in terms.items())
+    def weighted(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """lambda * term for each term."""
+        return {name: getattr(self.hparams, f"lambda_{name}") * value for name, value in terms.items()}
 
     # ---------------------------------------------------------------------------- training
 
@@ -251,9 +245,8 @@ class GANVisualizer(TrainableWeightsCheckpoint):
         rank_zero_warn(f"non-finite {name} ({loss.item()}) at step {self.global_step}: step skipped "
                        f"({self.nonfinite_steps} of at most {limit})")
         if self.nonfinite_steps >= limit:
-            last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
             rank_zero_warn(f"training stopped: {self.nonfinite_steps} non-finite losses (max_nonfinite_steps="
-                           f"{limit}); the weights are those of the last finite step; last checkpoint: {last}")
+                           f"{limit}); the weights are those of the last finite step, saved as last.ckpt")
             self.trainer.should_stop = True
         return False
 
@@ -262,11 +255,11 @@ class GANVisualizer(TrainableWeightsCheckpoint):
         opt_g, opt_d = optimizers if isinstance(optimizers, list) else (optimizers, None)
         real, captions, b, s = self.story_batch(batch)
         cond = self.caption_embeddings(captions)
-        z = self.noise(len(real))
+        z = torch.randn((len(real), *self.noise_shape()), device=self.device)
         logs = {}
         if self.discriminator is not None:
             with torch.no_grad():
-                fake = self.draw(z, captions, cond)
+                fake = self.draw_frames(z, captions, cond)
             self.toggle_optimizer(opt_d)
             real_in = real.detach().requires_grad_(self.hparams.r1_gamma > 0)
             real_logits, fake_logits = self.discriminator(real_in, cond), self.discriminator(fake, cond)
@@ -281,8 +274,9 @@ class GANVisualizer(TrainableWeightsCheckpoint):
             logs.update({"train/d_loss": d_loss, "train/d_acc_real": (real_logits > 0).float().mean(),
                          "train/d_acc_fake": (fake_logits < 0).float().mean()})
         self.toggle_optimizer(opt_g)
-        terms = self.generator_terms(self.draw(z, captions, cond), real, cond, b, s)
-        g_loss = self.weighted(terms)
+        terms = self.generator_terms(self.draw_frames(z, captions, cond), real, cond, b, s)
+        weighted = self.weighted(terms)
+        g_loss = sum(weighted.values())
         if self.finite_or_skip(g_loss, "g_loss"):
             self.manual_backward(g_loss)
             opt_g.step()
@@ -290,22 +284,23 @@ class GANVisualizer(TrainableWeightsCheckpoint):
         self.untoggle_optimizer(opt_g)
         logs["train/g_loss"] = g_loss
         logs.update({f"train/loss_{name}": value for name, value in terms.items()})
+        magnitude = sum(v.detach().abs() for v in weighted.values())
+        logs.update({f"train/share_{name}": v.detach().abs() / magnitude for name, v in weighted.items()})
         self.log_dict({k: v.detach() for k, v in logs.items()}, on_step=True, on_epoch=True, batch_size=b)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         real, captions, b, s = self.story_batch(batch)
         cond = self.caption_embeddings(captions)
-        z = self.noise(len(real), torch.Generator().manual_seed(self.hparams.seed + batch_idx))
-        fake = self.draw(z, captions, cond)
+        seed = self.hparams.seed + batch_idx * len(real)
+        z = self.seeded_noise(self.noise_shape(), list(range(seed, seed + len(real))), self.device)
+        fake = self.draw_frames(z, captions, cond)
         terms = self.generator_terms(fake, real, cond, b, s)
         self.log_dict({f"val/loss_{name}": value for name, value in terms.items()}, batch_size=b, sync_dist=True)
-        self.log("val/loss", self.weighted({k: v for k, v in terms.items() if k != "adv"}), batch_size=b,
-                 sync_dist=True)
-        experiment = getattr(self.logger, "experiment", None)
-        if batch_idx == 0 and self.trainer.is_global_zero and hasattr(experiment, "add_image"):
+        weighted = self.weighted({k: v for k, v in terms.items() if k != "adv"})
+        self.log("val/loss", sum(weighted.values()), batch_size=b, sync_dist=True)
+        if batch_idx == 0 and self.hparams.val_samples:
             n = min(self.hparams.val_samples, b) * s  # each story's frames above its ground truth
-            grid = torch.cat([fake[:n], real[:n]]).float().clamp(-1, 1)
-            experiment.add_image("val/frames", make_grid((grid + 1) / 2, nrow=s), global_step=self.global_step)
+            self.log_frame_grid(fake[:n], real[:n], nrow=s)
 
     def configure_optimizers(self):
         h = self.hparams
@@ -315,31 +310,35 @@ class GANVisualizer(TrainableWeightsCheckpoint):
             return opt_g
         return [opt_g, torch.optim.Adam(self.discriminator.parameters(), lr=h.lr_d, betas=tuple(h.betas))]
 
-    def configure_callbacks(self):
-        from lightning.pytorch.callbacks import ModelCheckpoint
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if self.hparams.generator == "sd_lora":
+            self.generator.sd.cast_frozen(str(self.trainer.precision))
 
-        return [ModelCheckpoint(monitor="val/loss", mode="min", save_last=True,
-                                filename="epoch{epoch:02d}-loss{val/loss:.4f}", auto_insert_metric_name=False)]
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["nonfinite_steps"] = self.nonfinite_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.nonfinite_steps = checkpoint.get("nonfinite_steps", 0)
 
     # ---------------------------------------------------------------------------- inference
 
     @torch.no_grad()
-    def generate(self, captions: list[str], seeds: list[int], size: int | None = None,
-                 lora_alpha: float | None = None, init_latents: torch.Tensor | None = None,
-                 strength: float = 1.0, return_latents: bool = False):
-        """Frames (N, 3, R, R) in [-1, 1], one seed each; the SAGANets pipeline's visualizer API.
+    def generate(self, captions: list[str], seeds: list[int], *, previous: torch.Tensor | None = None,
+                 strength: float = 1.0, lora_alpha: float | None = None) -> Drawing:
+        """Frames G(z, caption), z drawn from each seed; the latents are the noise vectors.
 
-        init_latents, strength: mix the previous frame's noise into this one's,
+        previous, strength: mix the previous frame's noise into this one's,
             z = sqrt(1 - strength) z_prev + sqrt(strength) z_new (variance kept), for continuity.
         lora_alpha: the "sd_lora" generator's LoRA strength as an alpha (scale alpha / lora_alpha).
         """
-        z = torch.cat([self.noise(1, torch.Generator().manual_seed(s)) for s in seeds])
-        if init_latents is not None and strength < 1.0:
-            z = (1 - strength) ** 0.5 * init_latents.to(z) + strength ** 0.5 * z
-        scale = 1.0 if lora_alpha is None else lora_alpha / self.hparams.lora_alpha
-        frames = self.draw(z, captions, self.caption_embeddings(captions), scale).float()
-        return (frames, z) if return_latents else frames
-
-    def latents_of(self, frames: torch.Tensor) -> None:
-        """A GAN has no encoder back into its noise: given frames cannot seed continuity."""
-        return None
+        if lora_alpha is not None and self.hparams.generator != "sd_lora":
+            raise VisionTalesError(f"a LoRA alpha ({lora_alpha}) applies to the sd_lora generator only; this "
+                                   f"GANVisualizer's generator is '{self.hparams.generator}'")
+        z = self.seeded_noise(self.noise_shape(), seeds, self.device)
+        if previous is not None and strength < 1.0:
+            z = (1 - strength) ** 0.5 * previous.to(z) + strength ** 0.5 * z
+        scale = None if lora_alpha is None else lora_alpha / self.hparams.lora_alpha
+        return Drawing(self.draw_frames(z, captions, self.caption_embeddings(captions), scale).float(), z)

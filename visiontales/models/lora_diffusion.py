@@ -1,15 +1,11 @@
-"""LoRADiffusionVisualizer: the image side of SAGANets (shared/papers/saganets.md, sections 4.2-4.3).
+"""LoRADiffusionVisualizer: the image side of SAGANets (the SAGANets paper, sections 4.2-4.3).
 
-A Stable Diffusion 1.5 UNet, VAE and CLIP text encoder, all frozen; LoRA adapters (peft, through
-diffusers' `add_adapter`) on the attention projections learn to draw frame k+1 of a FlintstonesSV
-story from caption k+1. Training follows diffusers' examples/text_to_image/train_text_to_image_lora.py:
-
-    z_0 = VAE(x) * scaling_factor,  z_t = sqrt(a_t) z_0 + sqrt(1 - a_t) eps,  L = || eps - eps_theta(z_t, t, c) ||^2
-
-with optional noise offset, Min-SNR-gamma weighting (Hang et al. 2023; diffusers.training_utils.
-compute_snr) and caption dropout for classifier-free guidance. The LoRA update is (alpha / r) B A;
-at inference the strength is given as an alpha (the paper preferred 10 to its training alpha 32)
-and applied as scale alpha_inf / alpha_train, leaving the trained weights untouched.
+A Stable Diffusion 1.5 UNet, VAE and CLIP text encoder, all frozen; LoRA adapters on the attention
+projections learn to draw frame k+1 of a FlintstonesSV story from caption k+1, with the diffusion
+objective of visiontales.sd (noise offset, Min-SNR-gamma weighting and caption dropout for
+classifier-free guidance as options). The LoRA update is (alpha / r) B A; at inference the strength
+is given as an alpha (the paper preferred 10 to its training alpha 32) and applied as the scale
+alpha_inf / alpha_train, leaving the trained weights untouched.
 """
 
 from __future__ import annotations
@@ -21,21 +17,16 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torchvision.utils import make_grid
 
-from data_modules.flintstones import MAIN_CHARACTERS
 from visiontales.backbones import load_stable_diffusion
-from visiontales.evaluation import named_characters
-from visiontales.models.common import TrainableWeightsCheckpoint
+from visiontales.visualizer import Drawing, Visualizer
+from visiontales.vocabulary import MAIN_CHARACTERS, named_characters
 
 # one added token per main character, in the labels' order: <wilma>, <fred>, ..., <mr_slate>
 CHARACTER_TOKENS = [f"<{name.lower().replace(' ', '_')}>" for name in MAIN_CHARACTERS]
 
-PRECISION_DTYPES = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-mixed": torch.float16,
-                    "16-true": torch.float16, "bf16": torch.bfloat16, "16": torch.float16}
 
-
-class LoRADiffusionVisualizer(TrainableWeightsCheckpoint):
+class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
     """Stable Diffusion with LoRA adapters that draws a story frame for its caption."""
 
     def __init__(
@@ -62,14 +53,14 @@ class LoRADiffusionVisualizer(TrainableWeightsCheckpoint):
     ) -> None:
         """
         Args:
-            sd: Stable Diffusion: hub id, local diffusers-layout directory, or "tiny".
+            sd: Stable Diffusion: hub id, local diffusers-layout directory, "tiny" or "tiny-domain".
             lora_rank: r, the rank of the LoRA adapters.
             lora_alpha: LoRA alpha during training (the paper: 32); the update is (alpha / r) B A.
             target_modules: attention projections that get adapters (default to_q, to_k, to_v,
                 the paper's; diffusers' example also adapts to_out.0).
             inference_lora_alpha: the alpha to draw with (the paper found 10 better than 32);
                 applied as scale inference_lora_alpha / lora_alpha. Default: lora_alpha.
-            resolution: side of the frames drawn by `generate` when no reference frame sets it.
+            resolution: side of the frames `generate` draws.
             lr: AdamW learning rate for the adapters.
             weight_decay: AdamW weight decay.
             noise_offset: adds noise_offset * N(0, 1) per channel to the noise (0: off).
@@ -93,11 +84,7 @@ class LoRADiffusionVisualizer(TrainableWeightsCheckpoint):
         super().__init__()
         self.save_hyperparameters()
         self.sd = load_stable_diffusion(sd)
-        self.sd.requires_grad_(False)
-        from peft import LoraConfig
-
-        self.sd.unet.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_alpha, init_lora_weights="gaussian",
-                                            target_modules=list(target_modules or ["to_q", "to_k", "to_v"])))
+        self.sd.add_lora(lora_rank, lora_alpha, target_modules or ["to_q", "to_k", "to_v"])
         if character_tokens:
             from peft import TrainableTokensConfig, get_peft_model
 
@@ -116,10 +103,11 @@ class LoRADiffusionVisualizer(TrainableWeightsCheckpoint):
 
     # ------------------------------------------------------------------------------ encoders
 
-    @property
-    def lora_scale(self) -> float:
-        alpha = self.hparams.inference_lora_alpha
-        return 1.0 if alpha is None else alpha / self.hparams.lora_alpha
+    def lora_scale(self, lora_alpha: float | None = None) -> float:
+        """The adapters' scale for drawing at `lora_alpha` (default: inference_lora_alpha)."""
+        h = self.hparams
+        alpha = lora_alpha if lora_alpha is not None else h.inference_lora_alpha
+        return 1.0 if alpha is None else alpha / h.lora_alpha
 
     def prompts(self, captions: list[str], characters: torch.Tensor | None = None) -> list[str]:
         """The text the encoder reads: the caption, then the character tokens if they are on
@@ -133,24 +121,12 @@ class LoRADiffusionVisualizer(TrainableWeightsCheckpoint):
     def encode_captions(self, captions: list[str], characters: torch.Tensor | None = None,
                         grad: bool = False) -> torch.Tensor:
         """CLIP text encoder hidden states (B, 77, D) for the captions (see `prompts`)."""
-        tokenizer = self.sd.tokenizer
-        ids = tokenizer(self.prompts(captions, characters), padding="max_length",
-                        max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
-        with torch.set_grad_enabled(grad):
-            return self.sd.text_encoder(input_ids=ids.to(self.device))[0]
+        return self.sd.encode_prompts(self.prompts(captions, characters), grad=grad)
 
-    @torch.no_grad()
-    def encode_frames(self, images: torch.Tensor) -> torch.Tensor:
-        """VAE posterior parameters (mean and log-variance, (B, 2C, h, w)) of frames in [-1, 1]."""
-        return self.sd.vae.encode(images.to(self.device, self.sd.vae.dtype)).latent_dist.parameters
-
-    def sample_latents(self, posterior: torch.Tensor) -> torch.Tensor:
-        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-
-        return DiagonalGaussianDistribution(posterior).sample() * self.sd.vae.config.scaling_factor
-
-    def targets(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(z_0 latents (B, C, h, w), caption states (B, 77, D)) of frame k+1 of each story."""
+    def targets(self, batch: dict[str, Any], generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z_0 latents (B, C, h, w), caption states (B, 77, D)) of frame k+1 of each story; the
+        latents are drawn from the VAE posterior with `generator` when given."""
         ks = batch["prefix_len"]
         captions = [texts[k] for texts, k in zip(batch["texts"], ks, strict=True)]
         if self.latent_cache:
@@ -159,7 +135,7 @@ class LoRADiffusionVisualizer(TrainableWeightsCheckpoint):
             posterior = torch.stack([self.latent_cache[key] for key in keys]).to(self.device)
         else:
             images = torch.stack([images[k] for images, k in zip(batch["images"], ks, strict=True)])
-            posterior = self.encode_frames(images)
+            posterior = self.sd.encode_frames(images)
         characters = None
         if "characters" in batch:
             characters = torch.stack([chars[k] for chars, k in zip(batch["characters"], ks, strict=True)])
@@ -172,136 +148,68 @@ class LoRADiffusionVisualizer(TrainableWeightsCheckpoint):
             states = torch.stack([self.caption_cache[_text_key(c)] for c in captions]).to(self.device)
         else:
             states = self.encode_captions(captions, characters, grad=self.training and self.hparams.character_tokens)
-        return self.sample_latents(posterior.float()), states
+        return self.sd.latents(posterior, generator), states
+
+    def diffusion_loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
+        """The diffusion objective on frame k+1 of each story (every draw from `generator` if given)."""
+        h = self.hparams
+        return self.sd.diffusion_loss(*self.targets(batch, generator), generator=generator,
+                                      noise_offset=h.noise_offset, snr_gamma=h.snr_gamma)
 
     # ---------------------------------------------------------------------------- training
 
-    def diffusion_loss(self, latents: torch.Tensor, states: torch.Tensor,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """MSE between the UNet's prediction and the true noise (or velocity) at random timesteps."""
-        scheduler = self.sd.noise_scheduler
-        b, steps = latents.shape[0], scheduler.config.num_train_timesteps
-        if generator is None:
-            noise = torch.randn_like(latents)
-            t = torch.randint(0, steps, (b,), device=latents.device)
-        else:  # drawn on the CPU from the given generator: the same on every device and run
-            noise = torch.randn(latents.shape, generator=generator).to(latents)
-            t = torch.randint(0, steps, (b,), generator=generator).to(latents.device)
-        if self.hparams.noise_offset:
-            noise = noise + self.hparams.noise_offset * torch.randn((b, latents.shape[1], 1, 1), device=latents.device)
-        noisy = scheduler.add_noise(latents, noise, t)
-        if scheduler.config.prediction_type == "v_prediction":
-            target = scheduler.get_velocity(latents, noise, t)
-        else:
-            target = noise
-        pred = self.sd.unet(noisy, t, encoder_hidden_states=states.to(noisy.dtype)).sample
-        if self.hparams.snr_gamma is None:
-            return F.mse_loss(pred.float(), target.float())
-        from diffusers.training_utils import compute_snr
-
-        snr = compute_snr(scheduler, t)
-        weights = torch.minimum(snr, torch.full_like(snr, self.hparams.snr_gamma))
-        weights = weights / snr if scheduler.config.prediction_type == "epsilon" else weights / (snr + 1)
-        per_item = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        return (per_item * weights).mean()
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.diffusion_loss(*self.targets(batch))
+        loss = self.diffusion_loss(batch)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["texts"]))
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        # the same noise and timesteps every epoch, so val/loss curves compare like with like
-        generator = torch.Generator().manual_seed(self.hparams.seed + batch_idx)
-        loss = self.diffusion_loss(*self.targets(batch), generator=generator)
+        # the same latents, noise and timesteps every epoch and run: val/loss compares like with like
+        loss = self.diffusion_loss(batch, torch.Generator().manual_seed(self.hparams.seed + batch_idx))
         self.log("val/loss", loss, batch_size=len(batch["texts"]), sync_dist=True)
         if batch_idx == 0 and self.hparams.val_samples and not self.trainer.sanity_checking:
             self.log_frames(batch)
 
     def log_frames(self, batch: dict[str, Any]) -> None:
-        """Generated frames (top row) above their ground truth (bottom row), to TensorBoard."""
+        """Frames drawn for the first captions (top row) above their ground truth (bottom row)."""
         n = min(self.hparams.val_samples, len(batch["texts"]))
         ks = batch["prefix_len"][:n]
         captions = [texts[k] for texts, k in zip(batch["texts"][:n], ks, strict=True)]
-        truth = torch.stack([images[k] for images, k in zip(batch["images"][:n], ks, strict=True)]) \
-            if "images" in batch else None
-        size = truth.shape[-1] if truth is not None else self.hparams.resolution
-        drawn = self.generate(captions, seeds=[self.hparams.seed + i for i in range(n)], size=size)
-        rows = drawn if truth is None else torch.cat([drawn, truth.to(drawn)])
-        experiment = getattr(self.logger, "experiment", None)
-        if self.trainer.is_global_zero and hasattr(experiment, "add_image"):
-            grid = make_grid((rows.float().clamp(-1, 1) + 1) / 2, nrow=n)
-            experiment.add_image("val/frames", grid, global_step=self.global_step)
-            experiment.add_text("val/frame_captions", "\n".join(f"{i}. {c}" for i, c in enumerate(captions)),
-                                global_step=self.global_step)
+        drawn = self.generate(captions, seeds=[self.hparams.seed + i for i in range(n)]).frames
+        truth = None
+        if "images" in batch:
+            truth = torch.stack([images[k] for images, k in zip(batch["images"][:n], ks, strict=True)])
+            truth = F.interpolate(truth.float(), size=drawn.shape[-2:], mode="bilinear", antialias=True)
+        self.log_frame_grid(drawn, truth, n, captions)
 
     # ---------------------------------------------------------------------------- inference
 
-    def inference_scheduler(self):
-        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-
-        cls = DDIMScheduler if self.hparams.sampler == "ddim" else DPMSolverMultistepScheduler
-        return cls.from_config(self.sd.noise_scheduler.config)
-
     @torch.no_grad()
-    def generate(self, captions: list[str], seeds: list[int], size: int | None = None,
-                 lora_alpha: float | None = None, init_latents: torch.Tensor | None = None,
-                 strength: float = 1.0, return_latents: bool = False):
-        """Frames (N, 3, S, S) in [-1, 1] for the captions, one seed each (same seed, same frame).
-
-        lora_alpha: draw with this alpha instead of `inference_lora_alpha` (0: the base model).
-        init_latents, strength: start from these latents noised to `strength` of the schedule
-            instead of from pure noise (img2img; used to carry a frame's look into the next).
-        """
-        scale = self.lora_scale if lora_alpha is None else lora_alpha / self.hparams.lora_alpha
-        size = size or self.hparams.resolution
-        scheduler = self.inference_scheduler()
-        scheduler.set_timesteps(self.hparams.num_inference_steps, device=self.device)
-        timesteps = scheduler.timesteps
-        unet, vae = self.sd.unet, self.sd.vae
-        shape = (unet.config.in_channels, size // self.vae_factor, size // self.vae_factor)
-        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
-        noise = noise.to(self.device)
-        if init_latents is not None and strength < 1.0:
-            steps = min(int(len(timesteps) * strength), len(timesteps))
-            timesteps = timesteps[len(timesteps) - steps:]
-            latents = scheduler.add_noise(init_latents.to(self.device), noise, timesteps[:1].repeat(len(seeds)))
-        else:
-            latents = noise * scheduler.init_noise_sigma
-        cond = self.encode_captions(captions)
-        guided = self.hparams.guidance_scale > 1.0
-        if guided:
-            cond = torch.cat([self.encode_captions([""] * len(captions)), cond])
-        for t in timesteps:
-            model_input = torch.cat([latents] * 2) if guided else latents
-            model_input = scheduler.scale_model_input(model_input, t)
-            eps = unet(model_input.to(unet.dtype), t, encoder_hidden_states=cond.to(unet.dtype),
-                       cross_attention_kwargs={"scale": scale}).sample.float()
-            if guided:
-                uncond, text = eps.chunk(2)
-                eps = uncond + self.hparams.guidance_scale * (text - uncond)
-            latents = scheduler.step(eps, t, latents).prev_sample
-        images = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample.float().clamp(-1, 1)
-        return (images, latents) if return_latents else images
+    def generate(self, captions: list[str], seeds: list[int], *, previous: torch.Tensor | None = None,
+                 strength: float = 1.0, lora_alpha: float | None = None) -> Drawing:
+        """Frames for the captions by the denoising loop (visiontales.sd), with classifier-free
+        guidance; `previous` latents re-noised to `strength` of the schedule (img2img) carry a
+        frame's look into the next; `lora_alpha` 0 draws with the base model."""
+        h = self.hparams
+        noise = self.seeded_noise(self.sd.latent_shape(self.resolution), seeds, self.device)
+        guided = h.guidance_scale > 1.0
+        states = self.encode_captions([""] + captions if guided else captions)
+        uncond, states = (states[:1], states[1:]) if guided else (None, states)
+        latents = self.sd.sample(states, noise, num_steps=h.num_inference_steps, sampler=h.sampler,
+                                 guidance_scale=h.guidance_scale, uncond=uncond, lora_scale=self.lora_scale(lora_alpha),
+                                 init_latents=previous, strength=strength)
+        return Drawing(self.sd.decode(latents), latents)
 
     def latents_of(self, frames: torch.Tensor) -> torch.Tensor:
-        """Latents (N, C, h, w) of given frames in [-1, 1], to continue from (`init_latents`)."""
-        return self.sample_latents(self.encode_frames(frames).float())
-
-    @property
-    def vae_factor(self) -> int:
-        return 2 ** (len(self.sd.vae.config.block_out_channels) - 1)
+        """Latents (N, C, h, w) of given frames: the VAE posterior mean, scaled."""
+        return self.sd.latents(self.sd.encode_frames(frames), sample=False)
 
     # ------------------------------------------------------------------------------- setup
 
     def setup(self, stage: str) -> None:
         """Frozen parts in the run's half precision (the adapters stay fp32); optional caches."""
-        dtype = PRECISION_DTYPES.get(str(self.trainer.precision))
-        if dtype is not None:
-            from diffusers.training_utils import cast_training_params
-
-            self.sd.to(dtype)
-            cast_training_params(self.sd, dtype=torch.float32)
+        super().setup(stage)
+        self.sd.cast_frozen(str(self.trainer.precision))
         datamodule = getattr(self._trainer, "datamodule", None)
         if self.hparams.cache and stage == "fit" and hasattr(datamodule, "frame_files"):
             self.fill_caches(datamodule, stage)
@@ -317,7 +225,7 @@ class LoRADiffusionVisualizer(TrainableWeightsCheckpoint):
         self.sd.text_encoder.to(strategy.root_device)
         vae_key = f"vae/{fingerprint(self.sd.vae)}/{datamodule.hparams.resolution}"
         self.latent_cache = FeatureCache(home() / "latents", vae_key).get(
-            datamodule.frame_files(stage), datamodule.load_frame, self.encode_frames,
+            datamodule.frame_files(stage), datamodule.load_frame, self.sd.encode_frames,
             num_workers=datamodule.hparams.num_workers, writer=self.trainer.is_global_zero, barrier=strategy.barrier)
         datamodule.drop_images(["train"])  # validation still shows its ground-truth frames
         if self.hparams.character_tokens:
@@ -350,12 +258,6 @@ class LoRADiffusionVisualizer(TrainableWeightsCheckpoint):
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.trainable_parameters, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-
-    def configure_callbacks(self):
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
-        return [ModelCheckpoint(monitor="val/loss", mode="min", save_last=True,
-                                filename="epoch{epoch:02d}-loss{val/loss:.4f}", auto_insert_metric_name=False)]
 
 
 def _text_key(caption: str) -> str:

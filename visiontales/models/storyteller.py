@@ -1,6 +1,6 @@
 """CLIPStoryteller: the VisionTales paper (images -> story), and one step beyond it.
 
-Paper (shared/papers/visiontales.md, sections 3-4): frozen CLIP ViT-B/32 encodes each of three
+Paper (the VisionTales paper, sections 3-4): frozen CLIP ViT-B/32 encodes each of three
 VIST images to 512-d and the three vectors are averaged; GPT-2 is fine-tuned (AdamW, lr 5e-5,
 batch size 1, 7 epochs) on "Tell a story based on the following images:" followed by the story.
 
@@ -25,9 +25,9 @@ from torch import nn
 
 from visiontales.backbones import fingerprint, home, load_clip, load_gpt2
 from visiontales.errors import VisionTalesError
-from visiontales.evaluation import CaptionScores
+from visiontales.evaluation.text_metrics import CaptionScores
 from visiontales.feature_cache import FeatureCache
-from visiontales.models.common import TextGenerationModule, decoding_options
+from visiontales.models.text_generation import TextGenerationModule
 
 # the prefix is embeddings, not ids: n-gram blocking applies to the story only, which is what we want
 warnings.filterwarnings("ignore", message="Passing `no_repeat_ngram_size` with `inputs_embeds`")
@@ -66,8 +66,10 @@ class PrefixMapper(nn.Module):
         return self.net(torch.cat([tokens, constants], dim=1))[:, self.length:]  # (B, L, E)
 
 
-class CLIPStoryteller(TextGenerationModule):
+class CLIPStoryteller(TextGenerationModule, kind="clip_storyteller"):
     """Frozen CLIP + fine-tuned GPT-2 that tells a story for a three-image sequence."""
+
+    datamodule_class = "data_modules.vist.VISTDataModule"
 
     def __init__(
         self,
@@ -81,18 +83,11 @@ class CLIPStoryteller(TextGenerationModule):
         image_fusion: Literal["mean", "per_image"] = "mean",
         normalize_features: bool = True,
         freeze_gpt2: bool = False,
-        lr: float = 5e-5,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
         max_story_tokens: int = 128,
-        decoding: Literal["greedy", "beam", "nucleus"] = "greedy",
-        num_beams: int = 4,
-        top_p: float = 0.9,
-        temperature: float = 1.0,
         no_repeat_ngram_size: int = 3,
         max_new_tokens: int = 80,
         feature_cache: bool = True,
-        samples_to_log: int = 4,
+        **kwargs: Any,
     ) -> None:
         """
         Args:
@@ -107,26 +102,21 @@ class CLIPStoryteller(TextGenerationModule):
             image_fusion: "mean" (the paper: average the three CLIP vectors, L prefix tokens) or
                 "per_image" (one L-token prefix per image, 3L tokens in story order).
             normalize_features: L2-normalise each CLIP vector before fusing them.
-            freeze_gpt2: keep GPT-2 frozen and train only the mapper (ClipCap's transformer setting).
-            lr: AdamW learning rate (the paper: 5e-5).
-            weight_decay: AdamW weight decay.
-            warmup_steps: linear learning-rate warm-up steps (ClipCap: 5,000; the paper: none).
+            freeze_gpt2: keep GPT-2 frozen (and in eval mode) and train only the mapper (ClipCap's
+                transformer setting).
             max_story_tokens: stories are truncated to this many tokens for training.
-            decoding: "greedy", "beam" or "nucleus" sampling.
-            num_beams: beams for "beam" decoding.
-            top_p: nucleus mass for "nucleus" decoding.
-            temperature: sampling temperature for "nucleus" decoding.
             no_repeat_ngram_size: block repeated n-grams of this size in generation (0: off).
             max_new_tokens: longest story generated, in tokens.
             feature_cache: cache the frozen CLIP features of every photo on disk
                 ($VISIONTALES_HOME/features) and train on them instead of re-encoding images.
-            samples_to_log: generated stories logged to TensorBoard as text per validation epoch.
+            **kwargs: the optimiser and decoding options of TextGenerationModule (lr: the paper's
+                5e-5; weight_decay, warmup_steps (ClipCap: 5,000; the paper: none), decoding,
+                num_beams, top_p, temperature, samples_to_log).
         """
-        super().__init__()
         if freeze_gpt2 and conditioning == "prompt":
             raise VisionTalesError("freeze_gpt2=true with conditioning=prompt leaves nothing to train "
                                    "(the prefix mapper exists only with conditioning=prefix)")
-        self.save_hyperparameters()
+        super().__init__(max_new_tokens=max_new_tokens, **kwargs)
         self.gpt2, self.tokenizer = load_gpt2(gpt2)
         if freeze_gpt2:
             self.gpt2.requires_grad_(False)
@@ -196,12 +186,10 @@ class CLIPStoryteller(TextGenerationModule):
     def generate_stories(self, batch: dict[str, Any]) -> list[str]:
         """One story per item of the batch, decoded until EOS."""
         prefix = self.condition(batch)
-        h = self.hparams
         out = self.gpt2.generate(
             inputs_embeds=prefix, attention_mask=torch.ones(prefix.shape[:2], dtype=torch.long, device=self.device),
-            max_new_tokens=h.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id, no_repeat_ngram_size=h.no_repeat_ngram_size,
-            **decoding_options(h.decoding, h.num_beams, h.top_p, h.temperature))
+            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+            no_repeat_ngram_size=self.hparams.no_repeat_ngram_size, **self.decoding_options())
         return [s.strip() for s in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
     # ------------------------------------------------------------------------------- hooks
@@ -209,6 +197,7 @@ class CLIPStoryteller(TextGenerationModule):
     def setup(self, stage: str) -> None:
         """Decide what the data module serves: no images for "prompt" (the paper's prompt carries
         none), cached CLIP features for "prefix" with the cache on, image tensors otherwise."""
+        super().setup(stage)
         datamodule = getattr(self._trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "attach_image_features"):
             return
@@ -226,10 +215,6 @@ class CLIPStoryteller(TextGenerationModule):
                          lambda images: self.encode_images(images.unsqueeze(1).to(strategy.root_device))[:, 0],
                          num_workers=datamodule.hparams.num_workers,
                          writer=self.trainer.is_global_zero, barrier=strategy.barrier)
-
-    def on_train_epoch_start(self) -> None:
-        if self.clip is not None:
-            self.clip.eval()  # frozen: no dropout or norm-statistics updates
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)

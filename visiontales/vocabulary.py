@@ -1,4 +1,6 @@
-"""Which of the 7 FlintstonesSV main characters a caption names, for the captioner's Char-F1."""
+"""What the SAGANets models and the FlintstonesSV data module agree on: the seven main characters
+(in the order of the dataset's 7-dim labels), the names captions use for them, and the length of a
+story. Models import these from here, never from data_modules."""
 
 from __future__ import annotations
 
@@ -6,7 +8,9 @@ import re
 
 import torch
 
-from data_modules.flintstones import MAIN_CHARACTERS
+# the order of the 7-dim character labels in StoryGAN / StoryDALL-E / AR-LDM
+MAIN_CHARACTERS = ("Wilma", "Fred", "Betty", "Barney", "Dino", "Pebbles", "Mr Slate")
+STORY_LENGTH = 5  # clips (caption-frame pairs) per FlintstonesSV story
 
 # "Mr Slate" is also written "Mr. Slate" or just "Slate"
 _PATTERNS = [re.compile(r"\b" + (r"(?:mr\.?\s+)?slate" if name == "Mr Slate" else re.escape(name.casefold())) + r"\b")

@@ -1,0 +1,124 @@
+"""What every model inherits (visiontales.models.base): the registry of kinds, checkpoint files
+that mean what their names say, frozen parts in eval mode, and the Stable Diffusion toolkit's
+objectives."""
+
+import json
+import shutil
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from visiontales.errors import VisionTalesError
+from visiontales.models.base import MODEL_KINDS, VisionTalesModule, frozen_parts, load_model
+
+
+class RisingValLoss(VisionTalesModule, kind="test_rising_val_loss"):
+    """A linear model whose val/loss rises every epoch: its best epoch is the first one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.frozen = nn.Linear(2, 2).requires_grad_(False)
+        self.head = nn.Sequential(nn.Linear(2, 8), nn.Dropout(0.5), nn.Linear(8, 1))
+
+    def training_step(self, batch, batch_idx):
+        return self.head(self.frozen(batch[0])).pow(2).mean()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", float(self.current_epoch))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.head.parameters(), lr=0.1)
+
+
+def _loader():
+    return DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4)
+
+
+def test_last_is_the_last_state_and_best_is_named_best(tmp_path):
+    model = RisingValLoss()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, _loader(), _loader())
+    folder = tmp_path / "checkpoints"
+    assert {p.name for p in folder.iterdir()} == {"best.ckpt", "last.ckpt"}
+    last, best = (torch.load(folder / name, weights_only=False) for name in ("last.ckpt", "best.ckpt"))
+    assert (last["epoch"], last["global_step"]) == (2, 6) and best["epoch"] == 0
+    assert all(torch.equal(last["state_dict"][k], v) for k, v in model.state_dict().items() if k.startswith("head."))
+    assert not any(k.startswith("frozen.") for k in last["state_dict"])  # rebuilt, not stored
+
+
+def test_frozen_parts_stay_in_eval_mode_and_the_rest_trains(tmp_path):
+    model = RisingValLoss().eval()
+    assert [name for name, _ in frozen_parts(model)] == ["frozen"]
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, _loader(), _loader())
+    assert model.head.training and model.head[1].training  # fitting put the trainable part in train mode
+    model.train()
+    assert not model.frozen.training
+
+
+def test_a_kind_is_registered_once():
+    assert MODEL_KINDS["test_rising_val_loss"] is RisingValLoss
+    with pytest.raises(TypeError, match="model kind 'test_rising_val_loss' is already registered"):
+        type("Impostor", (VisionTalesModule,), {}, kind="test_rising_val_loss")
+
+
+def test_damaged_foreign_and_wrong_kind_checkpoints_are_one_error_naming_the_file(tmp_path):
+    from visiontales.visualizer import Visualizer
+
+    model = RisingValLoss()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, _loader(), _loader())
+    good = tmp_path / "checkpoints" / "last.ckpt"
+    assert isinstance(load_model(good), RisingValLoss)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(good.read_bytes()[:5000])
+    foreign = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(2)}, foreign)
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint")
+    cases = {cut: "not a readable checkpoint", foreign: "not a Lightning checkpoint", text: "not a readable checkpoint",
+             tmp_path / "missing.ckpt": "checkpoint not found"}
+    for path, message in cases.items():
+        with pytest.raises(VisionTalesError, match=message) as error:
+            load_model(path)
+        assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
+    with pytest.raises(VisionTalesError, match=r"a RisingValLoss checkpoint .*, but --visualizer takes a Visualizer"):
+        load_model(good, Visualizer, "--visualizer")
+
+
+# ------------------------------------------------------------------------------ SD toolkit
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+def test_an_exact_prediction_implies_the_clean_latents(prediction):
+    """What the UNet learns (`target`) and how a one-step generator reads its output back
+    (`clean_latents`) agree for every prediction type."""
+    from visiontales.backbones import load_stable_diffusion
+
+    sd = load_stable_diffusion("tiny")
+    sd.noise_scheduler.register_to_config(prediction_type=prediction)
+    g = torch.Generator().manual_seed(0)
+    z0, noise = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    t = torch.tensor([10, 500, 999])
+    noisy = sd.noise_scheduler.add_noise(z0, noise, t)
+    assert torch.allclose(sd.clean_latents(sd.target(z0, noise, t), noisy, t), z0, atol=1e-3)
+    assert torch.equal(sd.target(z0, noise, t), {"epsilon": noise, "sample": z0}.get(prediction, sd.target(z0, noise, t)))
+
+
+def test_an_unknown_prediction_type_is_an_error(tmp_path):
+    from visiontales.backbones import tiny_backbone_dir
+    from visiontales.models.lora_diffusion import LoRADiffusionVisualizer
+
+    copy = tmp_path / "sd"
+    shutil.copytree(tiny_backbone_dir("tiny", "sd"), copy)
+    config = copy / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "prediction_type": "flow"}))
+    with pytest.raises(VisionTalesError, match="scheduler prediction_type 'flow' is not one of epsilon"):
+        LoRADiffusionVisualizer(sd=str(copy))
