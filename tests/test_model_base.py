@@ -93,6 +93,25 @@ def test_damaged_foreign_and_wrong_kind_checkpoints_are_one_error_naming_the_fil
         load_model(good, Visualizer, "--visualizer")
 
 
+class _Payload:
+    """Unpickling this runs code: it writes the file it names."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_checkpoint_carrying_pickled_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "ran"
+    hostile = tmp_path / "hostile.ckpt"
+    torch.save({"state_dict": {}, "visiontales_class": "x.Y", "payload": _Payload(marker)}, hostile)
+    with pytest.raises(VisionTalesError, match="hostile.ckpt: not a readable checkpoint .*Weights only load failed"):
+        load_model(hostile)
+    assert not marker.exists()
+
+
 # ------------------------------------------------------------------------------ SD toolkit
 
 

@@ -105,7 +105,7 @@ def test_story_with_a_damaged_or_wrong_checkpoint_is_one_error_line(checkpoints,
                           (["--captioner", str(visualizer), "--visualizer", str(visualizer)],
                            "a LoRADiffusionVisualizer checkpoint (lora_diffusion), but --captioner takes a SAGANetsCaptioner"),
                           (["--captioner", str(captioner), "--visualizer", str(captioner)],
-                           "but --visualizer takes a Visualizer (gan, lora_diffusion")):
+                           "a SAGANetsCaptioner checkpoint (saganets_captioner), but --visualizer takes a Visualizer")):
         assert main([*story, *args]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err

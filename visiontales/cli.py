@@ -151,7 +151,7 @@ def evaluate(opts: argparse.Namespace) -> int:
         model = model_from_checkpoint(checkpoint, opts.checkpoint)
         if isinstance(model, TextGenerationModule):
             result = ev.evaluate_text_model(model, checkpoint, opts.checkpoint, opts.data_root, opts.split, opts.out)
-            return _report(ev, result, opts.out)
+            return _print_written(result, opts.out)
         if not isinstance(model, Visualizer):
             raise VisionTalesError(f"{opts.checkpoint}: a {type(model).__name__} checkpoint; evaluate scores text "
                                    f"models and visualizers")
@@ -170,13 +170,16 @@ def evaluate(opts: argparse.Namespace) -> int:
         result = ev.evaluate_visualizer(model, opts.checkpoint or "real frames", opts.data_root, opts.split, opts.out,
                                         classifier, clip_model, opts.max_frames, opts.seed, opts.lora_alpha,
                                         opts.inception_weights, reference=model is None)
-    return _report(ev, result, opts.out)
+    return _print_written(result, opts.out)
 
 
-def _report(ev, result, out: Path) -> int:
+def _print_written(result, out: Path) -> int:
+    """Write an evaluation's metrics.json and metrics.md, and say what they hold."""
+    from visiontales.evaluation.evaluate import LABELS
+
     for path in result.write(out):
         print(f"wrote {path}")
-    print(", ".join(f"{ev.LABELS.get(k, k)} {v:.4f}" for k, v in result.metrics.items()))
+    print(", ".join(f"{LABELS.get(k, k)} {v:.4f}" for k, v in result.metrics.items()))
     return 0
 
 

@@ -133,14 +133,16 @@ class VisionTalesModule(L.LightningModule):
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint written by `visiontales fit`, or one `error:` line naming the file: missing,
-    truncated, not a checkpoint, or not one of ours."""
+    truncated, not a checkpoint, not one of ours, or carrying pickled code (read with
+    `weights_only=True`: tensors and plain values only, so a file from elsewhere runs nothing)."""
     path = Path(path)
     if not path.is_file():
         raise VisionTalesError(f"{path}: checkpoint not found")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - whatever a damaged or foreign file raises, it is this file's fault
-        raise VisionTalesError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+        reason = (str(e).strip().splitlines() or [""])[0]
+        raise VisionTalesError(f"{path}: not a readable checkpoint ({type(e).__name__}: {reason})") from e
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise VisionTalesError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
     if CLASS_KEY not in checkpoint:
@@ -178,8 +180,7 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: str | Path,
 
     cls = model_class(checkpoint, path)
     if not issubclass(cls, role):
-        raise VisionTalesError(f"{path}: a {cls.__name__} checkpoint ({cls.kind}), but {option} takes a "
-                               f"{role.__name__} ({', '.join(sorted(k for k, c in MODEL_KINDS.items() if issubclass(c, role)))})")
+        raise VisionTalesError(f"{path}: a {cls.__name__} checkpoint ({cls.kind}), but {option} takes a {role.__name__}")
     try:
         model = _load_state(cls, checkpoint)
     except (RuntimeError, TypeError, KeyError, ValueError) as e:
