@@ -111,6 +111,15 @@ def test_fit_logs_checkpoints_then_tell_and_predict(vist_root, tmp_path, monkeyp
     assert main(["tell", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), *map(str, images)]) == 0
     story = capsys.readouterr().out.strip()
     assert len(story.split()) >= 5
+    # a backbone that cannot be built is one line naming what to do, not a wrapped config error
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint["hyper_parameters"]["clip"] = "tiny-domain"
+    torch.save(checkpoint, tmp_path / "domain.ckpt")
+    home = os.environ["VISIONTALES_HOME"]
+    monkeypatch.setenv("VISIONTALES_HOME", str(tmp_path / "empty-home"))
+    assert main(["tell", "--checkpoint", str(tmp_path / "domain.ckpt"), *map(str, images)]) == 2
+    assert "tiny-domain clip backbone is not built" in capsys.readouterr().err
+    monkeypatch.setenv("VISIONTALES_HOME", home)
 
     assert main(["predict", *args, "--trainer.logger.init_args.version", "p",
                  "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]) == 0

@@ -181,8 +181,11 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: str | Path,
     cls = model_class(checkpoint, path)
     if not issubclass(cls, role):
         raise VisionTalesError(f"{path}: a {cls.__name__} checkpoint ({cls.kind}), but {option} takes a {role.__name__}")
+    # our hyper-parameters are plain values: build the class directly rather than through
+    # LightningCLI's recorded instantiator, which would bury a one-line error in its own
+    hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
     try:
-        model = _load_state(cls, checkpoint)
+        model = _load_state(cls, {**checkpoint, "hyper_parameters": hparams})
     except (RuntimeError, TypeError, KeyError, ValueError) as e:
         raise VisionTalesError(f"{path}: does not load into {cls.__name__} ({type(e).__name__}: "
                                f"{str(e).splitlines()[0]})") from e
