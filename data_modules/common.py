@@ -101,9 +101,11 @@ class SplitDataModule(L.LightningDataModule):
                 dataset.image_source = "none"
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+        # workers are not persistent: each epoch's are seeded from the main process's RNG, which a
+        # checkpoint restores, so a resumed run draws the prefix lengths and frames a straight one would
         return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle,
                           num_workers=self.hparams.num_workers, pin_memory=self.hparams.pin_memory,
-                          collate_fn=collate, persistent_workers=self.hparams.num_workers > 0)
+                          collate_fn=collate)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.hparams.batch_size)

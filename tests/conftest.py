@@ -75,7 +75,7 @@ def tiny_overrides(config: str, root: Path, out: Path, **trainer) -> list[str]:
     return args
 
 
-def fit_twice_and_resumed(make_model, flintstones_root: Path, out: Path, batches: int = 3):
+def fit_twice_and_resumed(make_model, flintstones_root: Path, out: Path, batches: int = 3, num_workers: int = 0):
     """A model's learned state after 2 epochs straight, and after 1 epoch and then `fit
     --ckpt_path last.ckpt` to 2 epochs (each run seeded alike, as `seed_everything` in a config)."""
     import lightning as L
@@ -88,7 +88,8 @@ def fit_twice_and_resumed(make_model, flintstones_root: Path, out: Path, batches
         trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, limit_train_batches=batches, limit_val_batches=1,
                             logger=False, enable_progress_bar=False, enable_model_summary=False,
                             default_root_dir=folder)
-        datamodule = FlintstonesSVDataModule(str(flintstones_root), resolution=32, batch_size=2, eval_batch_size=2)
+        datamodule = FlintstonesSVDataModule(str(flintstones_root), resolution=32, batch_size=2, eval_batch_size=2,
+                                             num_workers=num_workers)
         trainer.fit(model, datamodule, ckpt_path=ckpt_path)
         assert trainer.current_epoch == epochs
         return {k: v.detach().clone() for k, v in model.state_dict().items() if k in model.learned_keys()}

@@ -21,10 +21,12 @@ class RisingValLoss(VisionTalesModule, kind="test_rising_val_loss"):
     def __init__(self) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.frozen = nn.Linear(2, 2).requires_grad_(False)
+        self.frozen = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5)).requires_grad_(False)
         self.head = nn.Sequential(nn.Linear(2, 8), nn.Dropout(0.5), nn.Linear(8, 1))
+        self.modes_in_training: set[tuple[bool, bool]] = set()  # (frozen dropout, head dropout)
 
     def training_step(self, batch, batch_idx):
+        self.modes_in_training.add((self.frozen[1].training, self.head[1].training))
         return self.head(self.frozen(batch[0])).pow(2).mean()
 
     def validation_step(self, batch, batch_idx):
@@ -52,20 +54,24 @@ def test_last_is_the_last_state_and_best_is_named_best(tmp_path):
 
 
 def test_frozen_parts_stay_in_eval_mode_and_the_rest_trains(tmp_path):
+    """Backbones come from `from_pretrained` in eval mode: in training, the trainable part's dropout
+    is on and the frozen part's off, whoever calls train()."""
     model = RisingValLoss().eval()
     assert [name for name, _ in frozen_parts(model)] == ["frozen"]
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(model, _loader(), _loader())
-    assert model.head.training and model.head[1].training  # fitting put the trainable part in train mode
+    assert model.modes_in_training == {(False, True)}  # every step of both epochs, validation between
     model.train()
-    assert not model.frozen.training
+    assert not model.frozen.training and not model.frozen[1].training and model.head[1].training
 
 
 def test_a_kind_is_registered_once():
     assert MODEL_KINDS["test_rising_val_loss"] is RisingValLoss
     with pytest.raises(TypeError, match="model kind 'test_rising_val_loss' is already registered"):
         type("Impostor", (VisionTalesModule,), {}, kind="test_rising_val_loss")
+    with pytest.raises(TypeError, match="already registered"):  # the same name in another module
+        type("RisingValLoss", (VisionTalesModule,), {"__module__": "elsewhere"}, kind="test_rising_val_loss")
 
 
 def test_damaged_foreign_and_wrong_kind_checkpoints_are_one_error_naming_the_file(tmp_path):
@@ -83,8 +89,13 @@ def test_damaged_foreign_and_wrong_kind_checkpoints_are_one_error_naming_the_fil
     torch.save({"weight": torch.zeros(2)}, foreign)
     text = tmp_path / "notes.ckpt"
     text.write_text("not a checkpoint")
+    checkpoint = torch.load(good, weights_only=True)
+    unsigned, unknown = tmp_path / "unsigned.ckpt", tmp_path / "unknown.ckpt"
+    torch.save({k: v for k, v in checkpoint.items() if k != "visiontales_class"}, unsigned)
+    torch.save({**checkpoint, "visiontales_kind": "gone", "visiontales_class": "nowhere.Gone"}, unknown)
     cases = {cut: "not a readable checkpoint", foreign: "not a Lightning checkpoint", text: "not a readable checkpoint",
-             tmp_path / "missing.ckpt": "checkpoint not found"}
+             tmp_path / "missing.ckpt": "checkpoint not found", unsigned: "not written by `visiontales fit`",
+             unknown: "written by nowhere.Gone, which does not import here"}
     for path, message in cases.items():
         with pytest.raises(VisionTalesError, match=message) as error:
             load_model(path)
@@ -128,7 +139,31 @@ def test_an_exact_prediction_implies_the_clean_latents(prediction):
     t = torch.tensor([10, 500, 999])
     noisy = sd.noise_scheduler.add_noise(z0, noise, t)
     assert torch.allclose(sd.clean_latents(sd.target(z0, noise, t), noisy, t), z0, atol=1e-3)
-    assert torch.equal(sd.target(z0, noise, t), {"epsilon": noise, "sample": z0}.get(prediction, sd.target(z0, noise, t)))
+    a = sd.noise_scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    expected = {"epsilon": noise, "sample": z0, "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * z0}[prediction]
+    assert torch.allclose(sd.target(z0, noise, t), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm"])
+def test_the_denoising_loop_matches_diffusers_pipeline(sampler):
+    """Same model, sampler, steps, guidance and starting noise: the same latents as
+    StableDiffusionPipeline (its LoRA adapters start at zero, so the base model draws)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    from visiontales.backbones import tiny_backbone_dir
+    from visiontales.models.lora_diffusion import LoRADiffusionVisualizer
+
+    model = LoRADiffusionVisualizer(sd="tiny", resolution=32, sampler=sampler, num_inference_steps=4,
+                                    guidance_scale=4.0).eval()
+    captions = ["Fred is walking in the yard.", "Wilma laughs in the kitchen."]
+    drawing = model.generate(captions, seeds=[3, 4])
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_backbone_dir("tiny", "sd"), safety_checker=None)
+    scheduler = DDIMScheduler if sampler == "ddim" else DPMSolverMultistepScheduler
+    pipe.scheduler = scheduler.from_config(pipe.scheduler.config)
+    noise = model.seeded_noise(model.sd.latent_shape(32), [3, 4])
+    theirs = pipe(captions, height=32, width=32, num_inference_steps=4, guidance_scale=4.0, latents=noise,
+                  output_type="latent").images
+    assert torch.allclose(drawing.latents, theirs, atol=1e-4)
 
 
 def test_an_unknown_prediction_type_is_an_error(tmp_path):

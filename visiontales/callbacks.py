@@ -92,8 +92,13 @@ class RNGStates(L.Callback):
     timesteps, prefix lengths and shuffles as a straight one (Lightning saves none of them).
 
     They are restored when the checkpoint is loaded, before the training data loader of the
-    resumed epoch is created (Lightning's sanity check runs with its RNG isolated). Stored as
-    tensors and plain numbers, so the checkpoint loads with `weights_only=True`.
+    resumed epoch is created (Lightning's sanity check runs with its RNG isolated). Only rank 0's
+    states are written; under DDP every rank restores them, which is exact because
+    `seed_everything` seeds every rank alike and each rank draws as many numbers per step. The
+    CUDA state is the current device's (each rank's own device). Data loader workers are
+    re-seeded from the restored state every epoch (they are not persistent). Stored as tensors
+    and plain numbers, so the checkpoint loads with `weights_only=True`; Lightning's own
+    `_collect_rng_states` keeps NumPy's state as an array, which that refuses.
     """
 
     def state_dict(self) -> dict[str, Any]:
@@ -102,7 +107,7 @@ class RNGStates(L.Callback):
         return {"python": [version, list(state), gauss], "numpy": [kind, torch.from_numpy(keys.astype(np.int64)),
                                                                    pos, has_gauss, cached],
                 "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+                "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         version, values, gauss = state["python"]
@@ -110,5 +115,5 @@ class RNGStates(L.Callback):
         kind, keys, pos, has_gauss, cached = state["numpy"]
         np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
         torch.set_rng_state(state["torch"])
-        if state["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+        if state["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])

@@ -9,8 +9,8 @@ The paper's generator objective (its section 4.4) is
 
 Taken literally, the sums grow with the story length and the squared distance with the latent
 size (tens for 16x16x4 latents), while a unit-vector distance averaged per dimension is ~1e-3:
-the same lambda would mean very different things. Here every term is a mean, 0 when G is perfect
-and about 1 for unrelated frames:
+the same lambda would mean very different things. Here every term is a mean of order one for
+unrelated frames, and the direct terms are 0 when G is perfect:
 
     L_img   = mean |x_hat - x|  (l1)  or  mean (x_hat - x)^2  (l2), pixels in [-1, 1]
     L_adv   = -log D(G(z)) (0.69 at D's indifference) or -D(G(z)) (hinge)

@@ -78,7 +78,8 @@ class SAGANetsPipeline:
         story = list(captions)
         given_captions = [True] * len(captions) + [False] * (n_frames - len(captions))
         given_frames = [True] * len(frames) + [False] * (n_frames - len(frames))
-        latents = self.visualizer.latents_of(frames[-1][None]) if frames else None
+        continuing = frames and self.continuity_strength is not None
+        latents = self.visualizer.latents_of(frames[-1][None]) if continuing else None
         previous = None if latents is None else latents[0]
         for step in range(len(frames), n_frames):
             if step >= len(story):

@@ -36,12 +36,13 @@ class Profile:
     vist_root: Path
     flintstones_root: Path
     clip: str  # the CLIP that scores CLIPScore
-    lora_epochs: int  # the "more than one epoch" LoRA run
+    epochs: dict[str, int]  # epochs per run where the profile sets them ("lora": the "more than one epoch" run)
     train: dict[str, list[str]] = field(default_factory=dict)  # extra trainer arguments per run
     stories: int = 4
 
-    def epochs(self, run: Run) -> int | None:
-        return self.lora_epochs if run.name == "lora" else run.epochs
+    @property
+    def lora_epochs(self) -> int:
+        return self.epochs["lora"]
 
 
 def profiles() -> dict[str, Profile]:
@@ -49,12 +50,11 @@ def profiles() -> dict[str, Profile]:
     short = ["--trainer.limit_train_batches", "20"]
     return {
         "tiny": Profile("tiny", Path("experiments/tiny"), data / "vist-synthetic", data / "flintstones-synthetic",
-                        "tiny-domain",
-                        lora_epochs=4,
+                        "tiny-domain", epochs={"lora": 4},
                         train={"gan": short, "clip_centric": short, "temporal_coherence": short, "combined": short}),
         "paper": Profile("paper", Path("experiments"), Path(os.environ.get("VIST_ROOT", data / "vist")),
                          Path(os.environ.get("FLINTSTONES_ROOT", data / "flintstones")), "ViT-B-32@openai",
-                         lora_epochs=3),
+                         epochs={"lora": 3}),
     }
 
 
@@ -154,17 +154,17 @@ class Run:
     name: str
     config: str  # experiments[/tiny]/<config>.yaml
     dataset: str  # "vist" or "flintstones"
-    epochs: int | None = None  # None: the config's
+    epochs: int | None = None  # None: the profile's (Profile.epochs), else the config's
     snapshots: tuple[int, ...] = ()  # epochs also kept as checkpoints/epoch-<n>.ckpt
 
 
 @dataclass(frozen=True)
 class Use:
-    """A checkpoint of a run, with options for the command that reads it."""
+    """A checkpoint of a run, and the LoRA alpha to draw with (None: the checkpoint's)."""
 
     run: str
     checkpoint: str = "last"  # "last", "best" or "epoch-<n>" (a snapshot)
-    options: tuple[str, ...] = ()
+    lora_alpha: float | None = None
 
 
 @dataclass(frozen=True)
@@ -182,19 +182,19 @@ RUNS = (
     Run("storyteller_prompt", "clip_storyteller", "vist", 7),
     Run("character_classifier", "character_classifier", "flintstones"),
     Run("captioner", "sagan_captioner", "flintstones", 1),
-    Run("lora", "sagan_lora", "flintstones", snapshots=(1,)),  # the profile's lora_epochs
+    Run("lora", "sagan_lora", "flintstones", snapshots=(1,)),
     Run("gan", "gan", "flintstones", 20, snapshots=(5,)),
     Run("clip_centric", "clip_centric", "flintstones", 10),
     Run("temporal_coherence", "temporal_coherence", "flintstones", 10),
     Run("combined", "combined", "flintstones", 10),
 )
-LORA_1 = Use("lora", "epoch-1", ("--lora-alpha", "10"))
+LORA_1 = Use("lora", "epoch-1", lora_alpha=10)
 # storyboards of FIRST_CAPTION: SAGANets after one epoch (Fig. 2), alpha 32 vs 10 (Fig. 3), more
 # epochs (Fig. 4), the GAN at 20 and 5 epochs (Fig. 7), the other approaches
 BOARDS = {
     "lora_alpha10": LORA_1,
-    "lora_alpha32": Use("lora", "epoch-1", ("--lora-alpha", "32")),
-    "lora_more_epochs": Use("lora", "last", ("--lora-alpha", "10")),
+    "lora_alpha32": Use("lora", "epoch-1", lora_alpha=32),
+    "lora_more_epochs": Use("lora", "last", lora_alpha=10),
     "gan": Use("gan"), "gan_5": Use("gan", "epoch-5"),
     "clip_centric": Use("clip_centric"), "temporal_coherence": Use("temporal_coherence"), "combined": Use("combined"),
 }
@@ -203,7 +203,7 @@ ROWS = (
     Row("storyteller_prompt", "CLIPStoryteller, prompt conditioning (paper)", Use("storyteller_prompt")),
     Row("captioner", "SAGANets captioner (1 epoch; Char-F1 of the characters its captions name)", Use("captioner")),
     Row("real_frames", "real frames", "real frames"),
-    Row("lora_untrained", "LoRA untrained (alpha 0)", Use("lora", "epoch-1", ("--lora-alpha", "0"))),
+    Row("lora_untrained", "LoRA untrained (alpha 0)", Use("lora", "epoch-1", lora_alpha=0)),
     Row("lora_alpha32", "LoRA 1 epoch, alpha 32", BOARDS["lora_alpha32"]),
     Row("lora", "LoRA 1 epoch, alpha 10", LORA_1),
     Row("lora_more_epochs", "LoRA {lora_epochs} epochs, alpha 10", BOARDS["lora_more_epochs"]),
@@ -231,12 +231,15 @@ def run_profile(profile: Profile, report_dir: Path, runs_dir: Path, reuse: bool 
         r.vt("bootstrap tiny-domain backbones", ["bootstrap"])
     runs = {}
     for run in RUNS:
-        epochs = profile.epochs(run)
+        epochs = profile.epochs.get(run.name, run.epochs)
         extra = [] if epochs is None else ["--trainer.max_epochs", str(epochs)]
         runs[run.name] = r.fit(run.name, run.config, roots[run.dataset], [*extra, *r.snapshots(run.snapshots)])
 
-    def checkpoint(use: Use) -> list[str]:
-        return [str(runs[use.run] / "checkpoints" / f"{use.checkpoint}.ckpt"), *use.options]
+    def checkpoint(use: Use) -> str:
+        return str(runs[use.run] / "checkpoints" / f"{use.checkpoint}.ckpt")
+
+    def alpha(use: Use) -> list[str]:
+        return [] if use.lora_alpha is None else ["--lora-alpha", str(use.lora_alpha)]
 
     vist, flint = roots["vist"], roots["flintstones"]
     last = {name: runs[name] / "checkpoints" / "last.ckpt" for name in runs}
@@ -246,14 +249,13 @@ def run_profile(profile: Profile, report_dir: Path, runs_dir: Path, reuse: bool 
                                "--trainer.limit_predict_batches", "1", "--ckpt_path", str(last["captioner"])])
     story = ["--captioner", str(last["captioner"]), "--first-caption", FIRST_CAPTION, "--frames", "5", "--seed", "0"]
     for name, use in BOARDS.items():
-        visualizer, *options = checkpoint(use)
-        r.vt(f"story {name}", ["story", "--visualizer", visualizer, *story, *options,
+        r.vt(f"story {name}", ["story", "--visualizer", checkpoint(use), *story, *alpha(use),
                                "--out", str(report_dir / "stories" / name)])
-    visualizer, _, alpha = checkpoint(STORIES_FROM_PREFIXES)
     r.vt("stories from test prefixes", [
         *r.lightning_args("predict", "sagan_stories", "sagan_story", flint),
         "--model.init_args.captioner_checkpoint", str(last["captioner"]),
-        "--model.init_args.visualizer_checkpoint", visualizer, "--model.init_args.lora_alpha", alpha,
+        "--model.init_args.visualizer_checkpoint", checkpoint(STORIES_FROM_PREFIXES),
+        "--model.init_args.lora_alpha", str(STORIES_FROM_PREFIXES.lora_alpha),
         "--trainer.limit_predict_batches", str(profile.stories)])
 
     # every row on the same split, captions and seeds; the image options are ignored for text models
@@ -261,7 +263,8 @@ def run_profile(profile: Profile, report_dir: Path, runs_dir: Path, reuse: bool 
     dataset_of = {run.name: run.dataset for run in RUNS}
     for row in ROWS:
         if isinstance(row.source, Use):
-            args = ["--checkpoint", *checkpoint(row.source), "--data-root", str(roots[dataset_of[row.source.run]])]
+            args = ["--checkpoint", checkpoint(row.source), *alpha(row.source),
+                    "--data-root", str(roots[dataset_of[row.source.run]])]
         elif row.source == "real frames":
             args = ["--real-frames", "--data-root", str(flint)]
         else:

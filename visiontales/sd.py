@@ -207,7 +207,8 @@ class StableDiffusion(nn.Module):
 
         noise: the starting noise (N, C, h, w), one draw per frame.
         guidance_scale, uncond: classifier-free guidance against the empty prompt's states
-            (1, 77, D), eps = eps_u + s (eps_c - eps_u), both halves in one UNet batch (s > 1 only).
+            (1, 77, D; encoded here when not given), eps = eps_u + s (eps_c - eps_u), both halves
+            in one UNet batch; s <= 1 draws unguided.
         lora_scale: the adapters' strength (1: as trained, 0: the base model).
         init_latents, strength: img2img: start from `init_latents` noised to `strength` of the
             schedule (1: pure noise, as without them), denoising only that last part.
@@ -222,6 +223,7 @@ class StableDiffusion(nn.Module):
             latents = noise * scheduler.init_noise_sigma
         guided = guidance_scale > 1.0
         if guided:
+            uncond = self.encode_prompts([""]) if uncond is None else uncond
             states = torch.cat([uncond.expand(len(states), -1, -1).to(states), states])
         for t in timesteps:
             model_input = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, t)

@@ -4,13 +4,13 @@ The SAGANets pipeline, `visiontales evaluate`, `visiontales story` and `visionta
 nothing else, so a new visualizer is one class (and its YAML):
 
     class MyVisualizer(Visualizer, kind="my_visualizer"):
-        def __init__(self, resolution: int = 64, ..., seed: int = 0): ...   # save_hyperparameters()
+        def __init__(self, resolution: int = 64, ...): ...   # save_hyperparameters()
         def generate(self, captions, seeds, *, previous=None, strength=1.0, lora_alpha=None): ...
         def training_step(self, batch, batch_idx): ...
         def validation_step(self, batch, batch_idx): ...   # logs val/loss (best.ckpt follows it)
         def configure_optimizers(self): ...
 
-with `resolution` and `seed` among its hyper-parameters. docs/extending.md walks through one.
+with `resolution` among its hyper-parameters. docs/extending.md walks through one.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class Visualizer(VisionTalesModule, abc.ABC):
     def draw(self, captions: list[str], seeds: list[int], lora_alpha: float | None = None,
              batch_size: int = 16) -> torch.Tensor:
         """Frames (N, 3, R, R) on the CPU for many captions, drawn `batch_size` at a time."""
-        frames = []
+        frames = [torch.empty(0, 3, self.resolution, self.resolution)]
         for start in range(0, len(captions), batch_size):
             drawing = self.generate(captions[start:start + batch_size], seeds[start:start + batch_size],
                                     lora_alpha=lora_alpha)

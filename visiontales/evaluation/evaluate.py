@@ -72,7 +72,9 @@ def datamodule_for(model, checkpoint: dict[str, Any], data_root: Path):
 
     saved = checkpoint.get("datamodule_hyper_parameters") or {}
     module, name = saved.get("_class_path", model.datamodule_class).rsplit(".", 1)
-    return _load_state(getattr(importlib.import_module(module), name), checkpoint, root=str(data_root))
+    hparams = {k: v for k, v in saved.items() if not k.startswith("_")}  # plain values: built directly
+    return _load_state(getattr(importlib.import_module(module), name),
+                       {**checkpoint, "datamodule_hyper_parameters": hparams}, root=str(data_root))
 
 
 def evaluate_text_model(model, checkpoint: dict[str, Any], source: Path, data_root: Path, split: str,

@@ -73,7 +73,7 @@ class VisionTalesModule(L.LightningModule):
         if kind is None:
             return
         taken = MODEL_KINDS.get(kind)
-        if taken is not None and taken.__qualname__ != cls.__qualname__:
+        if taken is not None and (taken.__module__, taken.__qualname__) != (cls.__module__, cls.__qualname__):
             raise TypeError(f"model kind '{kind}' is already registered by {taken.__module__}.{taken.__qualname__}")
         cls.kind = kind
         MODEL_KINDS[kind] = cls
@@ -131,18 +131,22 @@ class VisionTalesModule(L.LightningModule):
 # ------------------------------------------------------------------------------------ loading
 
 
+def _first_line(error: Exception) -> str:
+    """`Type: first line of the message`, for one-line errors."""
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint written by `visiontales fit`, or one `error:` line naming the file: missing,
     truncated, not a checkpoint, not one of ours, or carrying pickled code (read with
-    `weights_only=True`: tensors and plain values only, so a file from elsewhere runs nothing)."""
+    `weights_only=True`: tensors and plain values only, so unpickling it runs no code)."""
     path = Path(path)
     if not path.is_file():
         raise VisionTalesError(f"{path}: checkpoint not found")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - whatever a damaged or foreign file raises, it is this file's fault
-        reason = (str(e).strip().splitlines() or [""])[0]
-        raise VisionTalesError(f"{path}: not a readable checkpoint ({type(e).__name__}: {reason})") from e
+        raise VisionTalesError(f"{path}: not a readable checkpoint ({_first_line(e)})") from e
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise VisionTalesError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
     if CLASS_KEY not in checkpoint:
@@ -151,14 +155,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def model_class(checkpoint: dict[str, Any], path: str | Path) -> type[VisionTalesModule]:
-    """The registered class of the kind a checkpoint records (its module imported if need be)."""
-    class_path, kind = checkpoint[CLASS_KEY], checkpoint.get(KIND_KEY)
+    """The registered class of the kind a checkpoint records; if that kind is not registered yet,
+    the module of the class it names is imported (as a config's `class_path` would be)."""
+    class_path, kind = str(checkpoint[CLASS_KEY]), checkpoint.get(KIND_KEY)
     if kind not in MODEL_KINDS:
-        module, name = class_path.rsplit(".", 1)
+        module, _, name = class_path.rpartition(".")
         try:
             cls = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as e:
-            raise VisionTalesError(f"{path}: written by {class_path}, which does not import here ({e})") from e
+        except Exception as e:  # noqa: BLE001 - a class that does not import here, for whatever reason
+            raise VisionTalesError(f"{path}: written by {class_path}, which does not import here "
+                                   f"({_first_line(e)})") from e
         kind = getattr(cls, "kind", None) or kind
     if kind not in MODEL_KINDS:
         raise VisionTalesError(f"{path}: written by {class_path}, which is not a registered model kind")
@@ -187,6 +193,5 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: str | Path,
     try:
         model = _load_state(cls, {**checkpoint, "hyper_parameters": hparams})
     except (RuntimeError, TypeError, KeyError, ValueError) as e:
-        raise VisionTalesError(f"{path}: does not load into {cls.__name__} ({type(e).__name__}: "
-                               f"{str(e).splitlines()[0]})") from e
+        raise VisionTalesError(f"{path}: does not load into {cls.__name__} ({_first_line(e)})") from e
     return model.eval()

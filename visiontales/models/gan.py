@@ -237,8 +237,9 @@ class GANVisualizer(Visualizer, kind="gan"):
     # ---------------------------------------------------------------------------- training
 
     def finite_or_skip(self, loss: torch.Tensor, name: str) -> bool:
-        """The divergence guard: a non-finite loss skips its step; too many stop training."""
-        if torch.isfinite(loss).all():
+        """The divergence guard: a non-finite loss skips its step (on every rank if on any, so that
+        DDP's gradient exchange stays in step); too many stop training."""
+        if self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss).all()), all=True):
             return True
         self.nonfinite_steps += 1
         limit = self.hparams.max_nonfinite_steps
