@@ -36,7 +36,7 @@ from PIL import Image
 from data_modules import synthetic as syn
 from visiontales import backbones
 from visiontales.backbones import DOMAIN_SCHEDULE as SCHEDULE
-from visiontales.sd import StableDiffusion
+from visiontales.sd import StableDiffusion, encode_latents
 
 LOG = logging.getLogger("visiontales")
 SEED = 2024
@@ -210,7 +210,7 @@ def train_unet(sd: StableDiffusion, steps: int = SCHEDULE["unet_steps"]) -> list
     with torch.no_grad():
         prompts = [t for _, t in pairs]
         states = torch.cat([sd.encode_prompts(prompts[i:i + 128]) for i in range(0, len(prompts), 128)])
-        latents = torch.cat([sd.latents(sd.encode_frames(images[i:i + 64]), sample=False)
+        latents = torch.cat([encode_latents(sd.vae, images[i:i + 64])
                              for i in range(0, len(images), 64)])
     sd.unet.train()
     optimizer = torch.optim.AdamW(sd.unet.parameters(), lr=5e-4)

@@ -140,8 +140,10 @@ def export_lora(opts: argparse.Namespace) -> int:
 
 
 def evaluate(opts: argparse.Namespace) -> int:
+    from visiontales.backbones import load_clip
     from visiontales.evaluation import evaluate as ev
-    from visiontales.models.base import model_from_checkpoint, read_checkpoint
+    from visiontales.evaluation.character_classifier import CharacterClassifier
+    from visiontales.models.base import load_model, model_from_checkpoint, read_checkpoint
     from visiontales.models.text_generation import TextGenerationModule
     from visiontales.visualizer import Visualizer
 
@@ -155,10 +157,6 @@ def evaluate(opts: argparse.Namespace) -> int:
         if not isinstance(model, Visualizer):
             raise VisionTalesError(f"{opts.checkpoint}: a {type(model).__name__} checkpoint; evaluate scores text "
                                    f"models and visualizers")
-    from visiontales.backbones import load_clip
-    from visiontales.evaluation.character_classifier import CharacterClassifier
-    from visiontales.models.base import load_model
-
     if opts.classifier is None:
         raise VisionTalesError("--classifier is needed for image metrics (train one: visiontales fit "
                                "--config experiments/character_classifier.yaml)")

@@ -32,9 +32,9 @@ SAMPLERS = ("ddim", "dpm")
 
 def encode_latents(vae: nn.Module, frames: torch.Tensor) -> torch.Tensor:
     """Scaled latents (the posterior mean times the scaling factor, unit variance on the data it was
-    measured on) of frames in [-1, 1], differentiable with respect to the frames; for a VAE used
-    without the rest of Stable Diffusion (the GAN family's coherence loss)."""
-    return vae.encode(frames.to(vae.dtype)).latent_dist.mean.float() * vae.config.scaling_factor
+    measured on) of frames in [-1, 1], differentiable with respect to the frames when gradients
+    are on; takes a VAE alone, as the GAN family's coherence loss uses one without the rest."""
+    return vae.encode(frames.to(vae.device, vae.dtype)).latent_dist.mean.float() * vae.config.scaling_factor
 
 
 class StableDiffusion(nn.Module):
@@ -102,15 +102,12 @@ class StableDiffusion(nn.Module):
         """VAE posterior parameters (mean and log-variance, (B, 2C, h, w)) of frames in [-1, 1]."""
         return self.vae.encode(frames.to(self.vae.device, self.vae.dtype)).latent_dist.parameters
 
-    def latents(self, posterior: torch.Tensor, generator: torch.Generator | None = None,
-                sample: bool = True) -> torch.Tensor:
-        """Scaled latents z_0 (B, C, h, w) from posterior parameters: a draw (from `generator` when
-        given, so that it repeats) or, with `sample=False`, the posterior mean."""
+    def latents(self, posterior: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled latents z_0 (B, C, h, w) drawn from posterior parameters (`encode_frames`), from
+        `generator` when given, so that the draw repeats. The posterior mean: `encode_latents`."""
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-        posterior = DiagonalGaussianDistribution(posterior.float())
-        z = posterior.sample(generator=generator) if sample else posterior.mode()
-        return z * self.vae.config.scaling_factor
+        return DiagonalGaussianDistribution(posterior.float()).sample(generator=generator) * self.vae.config.scaling_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Frames (B, 3, H, W) in [-1, 1] from scaled latents (gradients flow when enabled)."""

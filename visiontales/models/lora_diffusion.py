@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from visiontales.backbones import load_stable_diffusion
+from visiontales.sd import encode_latents
 from visiontales.visualizer import Drawing, Visualizer
 from visiontales.vocabulary import MAIN_CHARACTERS, named_characters
 
@@ -200,9 +201,10 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
                                  init_latents=previous, strength=strength)
         return Drawing(self.sd.decode(latents), latents)
 
+    @torch.no_grad()
     def latents_of(self, frames: torch.Tensor) -> torch.Tensor:
         """Latents (N, C, h, w) of given frames: the VAE posterior mean, scaled."""
-        return self.sd.latents(self.sd.encode_frames(frames), sample=False)
+        return encode_latents(self.sd.vae, frames)
 
     # ------------------------------------------------------------------------------- setup
 
