@@ -43,7 +43,7 @@ def test_fingerprint_follows_the_weights(visiontales_home):
     (load_gpt2, "no-such-org/no-such-gpt2", "GPT-2 weights 'no-such-org/no-such-gpt2' could not be loaded"),
     (load_gpt2, "./not/a/dir", "./not/a/dir: GPT-2 directory not found"),
     (load_clip, "ViT-B-32", "CLIP spec 'ViT-B-32' is neither"),
-    (load_clip, "ViT-B-32@openai", "CLIP weights 'ViT-B-32@openai' could not be loaded"),
+    (load_clip, "ViT-B-32-quickgelu@openai", "CLIP weights 'ViT-B-32-quickgelu@openai' could not be loaded"),
 ])
 def test_missing_weights_say_which_in_one_line(loader, spec, message):
     with pytest.raises(VisionTalesError, match=message) as info:

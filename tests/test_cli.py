@@ -41,7 +41,7 @@ def test_every_shipped_config_parses(config, capsys):
 def test_paper_config_holds_the_papers_settings():
     config = yaml.safe_load((EXPERIMENTS / "clip_storyteller.yaml").read_text())
     model, data = config["model"]["init_args"], config["data"]["init_args"]
-    assert (model["gpt2"], model["clip"], model["conditioning"]) == ("gpt2", "ViT-B-32@openai", "prompt")
+    assert (model["gpt2"], model["clip"], model["conditioning"]) == ("openai-community/gpt2", "ViT-B-32-quickgelu@openai", "prompt")
     assert model["lr"] == 5e-5 and data["batch_size"] == 1 and config["trainer"]["max_epochs"] == 7
 
 

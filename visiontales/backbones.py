@@ -3,9 +3,11 @@ Stable Diffusion components.
 
 A backbone is named by a spec string:
 
-- GPT-2: a hub id (`gpt2`, `gpt2-medium`), a local directory written by `save_pretrained`, or `tiny`.
-- CLIP:  `<open_clip model>@<pretrained tag>` (`ViT-B-32@openai`, the paper's), `hf-hub:<repo>`,
-  a local directory holding `open_clip_config.json` and weights, or `tiny`.
+- GPT-2: a hub id (`openai-community/gpt2`, the paper's; `gpt2-medium`), a local directory written by
+  `save_pretrained`, or `tiny`.
+- CLIP:  `<open_clip model>@<pretrained tag>` (`ViT-B-32-quickgelu@openai`, the paper's), `<open_clip
+  model>@<weights file>`, `hf-hub:<repo>`, a local directory holding `open_clip_config.json` and
+  weights, or `tiny`. A model whose activation does not match its weights' is refused.
 - Stable Diffusion: a hub id (`stable-diffusion-v1-5/stable-diffusion-v1-5`), a local directory in
   the diffusers layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/), or `tiny`.
 
@@ -152,14 +154,39 @@ def load_clip(spec: str) -> nn.Module:
         name, pretrained = f"local-dir:{Path(spec).expanduser()}", None
     elif "@" in spec:
         name, pretrained = spec.split("@", 1)
+        check_activation(name, pretrained)
     else:
         raise VisionTalesError(f"CLIP spec '{spec}' is neither a local directory, 'hf-hub:<repo>', "
-                               f"'<model>@<pretrained>' (e.g. ViT-B-32@openai), 'tiny' nor 'tiny-domain'")
+                               f"'<model>@<pretrained>' (e.g. ViT-B-32-quickgelu@openai), 'tiny' nor 'tiny-domain'")
     try:
         model = open_clip.create_model(name, pretrained=pretrained)
     except (RuntimeError, OSError, ValueError) as e:
         raise _missing_weights(spec, "CLIP", e) from e
     return model.eval()
+
+
+def check_activation(name: str, pretrained: str) -> None:
+    """Refuse a CLIP whose activation does not match the one its weights were trained with (open_clip
+    builds `ViT-B-32` with GELU; OpenAI's weights were trained with QuickGELU), naming the right spec."""
+    import open_clip
+
+    trained_quick = open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False)
+    builds_quick = (open_clip.get_model_config(name) or {}).get("quick_gelu", False)
+    if trained_quick and not builds_quick:
+        right = f"{name}-quickgelu@{pretrained}"
+        raise VisionTalesError(f"CLIP spec '{name}@{pretrained}': these weights were trained with QuickGELU but "
+                               f"'{name}' builds GELU, so every feature would be off; use '{right}'")
+
+
+def describe_backbones(gpt2: str, clip: str, sd: str) -> dict[str, dict]:
+    """For each backbone role, the spec it was loaded from, its class and its parameter count,
+    each loaded through the same code as training."""
+    language_model, _ = load_gpt2(gpt2)
+    parts = {"gpt2": (gpt2, language_model), "clip": (clip, load_clip(clip))}
+    diffusion = load_stable_diffusion(sd)
+    parts.update({f"sd_{name}": (f"{sd} ({name}/)", getattr(diffusion, name)) for name in ("unet", "vae", "text_encoder")})
+    return {role: {"spec": spec, "class": type(module).__name__,
+                   "parameters": sum(p.numel() for p in module.parameters())} for role, (spec, module) in parts.items()}
 
 
 def clip_preprocessing(model: nn.Module) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
@@ -224,9 +251,11 @@ def clip_tokenizer_from_open_clip(directory: Path) -> None:
     byte_chars = list(bytes_to_unicode().values())
     vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(p) for p in pairs]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
-    tokenizer = CLIPTokenizer(vocab={token: i for i, token in enumerate(vocab)}, merges=pairs,
-                              model_max_length=77)
-    tokenizer.save_pretrained(directory)
+    ids = {token: i for i, token in enumerate(vocab)}
+    CLIPTokenizer(vocab=ids, merges=pairs, model_max_length=77).save_pretrained(directory)
+    # and the two files a download of SD 1.5's tokenizer/ holds, which the tokenizer is built from
+    (directory / "vocab.json").write_text(json.dumps(ids, ensure_ascii=False))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
 
 
 def build_tiny_sd(directory: Path, unet: dict = TINY_UNET, vae: dict = TINY_VAE) -> None:

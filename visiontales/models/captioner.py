@@ -33,7 +33,7 @@ class SAGANetsCaptioner(TextGenerationModule, kind="saganets_captioner"):
 
     def __init__(
         self,
-        gpt2: str = "gpt2",
+        gpt2: str = "openai-community/gpt2",
         ignore_prefix: bool = False,
         lora_rank: int = 0,
         lora_alpha: int = 32,

@@ -105,7 +105,7 @@ class GANVisualizer(Visualizer, kind="gan"):
     def __init__(
         self,
         generator: Literal["conv", "sd_lora"] = "conv",
-        clip: str = "ViT-B-32@openai",
+        clip: str = "ViT-B-32-quickgelu@openai",
         sd: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",
         resolution: int = 64,
         z_dim: int = 128,
@@ -133,7 +133,7 @@ class GANVisualizer(Visualizer, kind="gan"):
             generator: "conv" (a small DCGAN-style generator) or "sd_lora" (the paper's: an SD
                 UNet with LoRA adapters denoising in one step, the frozen VAE decoding).
             clip: CLIP for caption embeddings (G's and D's condition) and the CLIP and character
-                losses: "ViT-B-32@openai", a local dir, or "tiny".
+                losses: "ViT-B-32-quickgelu@openai", a local dir, or "tiny".
             sd: Stable Diffusion for the "sd_lora" generator, and whose VAE encoder gives the
                 latents of the coherence loss.
             resolution: frame side in pixels (a power of two).

@@ -73,8 +73,8 @@ class CLIPStoryteller(TextGenerationModule, kind="clip_storyteller"):
 
     def __init__(
         self,
-        gpt2: str = "gpt2",
-        clip: str = "ViT-B-32@openai",
+        gpt2: str = "openai-community/gpt2",
+        clip: str = "ViT-B-32-quickgelu@openai",
         conditioning: Literal["prompt", "prefix"] = "prompt",
         prompt: str = "Tell a story based on the following images:",
         prefix_length: int = 10,
@@ -92,7 +92,7 @@ class CLIPStoryteller(TextGenerationModule, kind="clip_storyteller"):
         """
         Args:
             gpt2: GPT-2 to fine-tune: hub id (gpt2), local directory, or "tiny".
-            clip: frozen CLIP: "ViT-B-32@openai" (the paper), "hf-hub:<repo>", local dir, or "tiny".
+            clip: frozen CLIP: "ViT-B-32-quickgelu@openai" (the paper), "hf-hub:<repo>", local dir, or "tiny".
             conditioning: "prompt" (the paper: a fixed text prompt, images unused) or "prefix"
                 (ClipCap-style: CLIP features mapped to GPT-2 input embeddings).
             prompt: the text placed before the story in "prompt" conditioning.
@@ -140,7 +140,7 @@ class CLIPStoryteller(TextGenerationModule, kind="clip_storyteller"):
         embed = self.gpt2.get_input_embeddings()
         b = len(batch["photo_ids"]) if "photo_ids" in batch else batch["images"].shape[0]
         if self.hparams.conditioning == "prompt":
-            ids = torch.tensor(self.prompt_ids, device=self.device)
+            ids = torch.tensor(self.prompt_ids, dtype=torch.long, device=self.device)
             return embed(ids).unsqueeze(0).expand(b, -1, -1)
         features = batch["image_features"] if "image_features" in batch else self.encode_images(batch["images"])
         features = features.to(self.device, torch.float32)  # (B, 3, D)
