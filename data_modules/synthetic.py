@@ -188,8 +188,41 @@ def tokenizer_corpus() -> list[str]:
     return sentences
 
 
-def write_synthetic_vist(out: str | Path, seed: int = 0, albums: int = 200) -> dict[str, int]:
+# the real VIST's photos, as Flickr served them: sizes (W, H) and kinds (most JPEG)
+REAL_PHOTO_SIZES = ((500, 375), (640, 480), (1024, 768), (1600, 1200), (2048, 1536), (375, 500))
+REAL_PHOTO_KINDS = (("jpeg", 12), ("png", 2), ("gif", 1), ("bmp", 1), ("grayscale", 1), ("cmyk", 1), ("exif_rotated", 2))
+EXIF_ORIENTATION = 0x0112
+
+
+def save_real_photo(img: Image.Image, stem: Path, rng: random.Random) -> Path:
+    """Save a photo as one of the real VIST's kinds and sizes (drawn with `rng`): JPEG, PNG, GIF,
+    BMP, grayscale or CMYK JPEG, or a JPEG stored on its side with EXIF orientation 6 (what a phone
+    held upright writes), which `ImageOps.exif_transpose` turns back upright. Returns its path."""
+    img = img.resize(rng.choice(REAL_PHOTO_SIZES), Image.BICUBIC)
+    kind = rng.choices([k for k, _ in REAL_PHOTO_KINDS], weights=[w for _, w in REAL_PHOTO_KINDS])[0]
+    ext = {"png": "png", "gif": "gif", "bmp": "bmp"}.get(kind, "jpg")
+    path = stem.with_suffix(f".{ext}")
+    if kind == "gif":
+        img.convert("P", palette=Image.Palette.ADAPTIVE).save(path)
+    elif kind == "grayscale":
+        img.convert("L").save(path, quality=90)
+    elif kind == "cmyk":
+        img.convert("CMYK").save(path, quality=90)
+    elif kind == "exif_rotated":
+        exif = Image.Exif()
+        exif[EXIF_ORIENTATION] = 6  # "rotate 90 degrees clockwise to display"
+        img.transpose(Image.Transpose.ROTATE_90).save(path, quality=90, exif=exif)
+    else:
+        img.save(path, **({"quality": 90} if ext == "jpg" else {}))
+    return path
+
+
+def write_synthetic_vist(out: str | Path, seed: int = 0, albums: int = 200,
+                         photo_kinds: str = "plain") -> dict[str, int]:
     """Write a synthetic VIST in the real layout under `out`; return story counts per split.
+
+    photo_kinds: "plain" (256x192 JPEGs, every seventh a PNG) or "real" (`save_real_photo`: the
+    real set's sizes up to 2048x1536 and its kinds).
 
     Each album has one scene and PHOTOS_PER_ALBUM photos of objects at that scene. Each album
     gets two stories of five photos by two "workers"; in about half the albums both workers pick
@@ -198,8 +231,11 @@ def write_synthetic_vist(out: str | Path, seed: int = 0, albums: int = 200) -> d
     """
     if albums < 10:
         raise ValueError(f"--albums must be at least 10 (one album per split at least), got {albums}")
+    if photo_kinds not in ("plain", "real"):
+        raise ValueError(f"photo_kinds must be 'plain' or 'real', got {photo_kinds!r}")
     out = Path(out)
     rng = random.Random(seed)
+    kinds = random.Random(seed + 1)  # sizes and kinds: the content stays that of the plain photos
     counts: dict[str, int] = {}
     album_ids = [str(10_000 + i) for i in range(albums)]
     start = 0
@@ -224,6 +260,8 @@ def write_synthetic_vist(out: str | Path, seed: int = 0, albums: int = 200) -> d
                     pass  # the annotation refers to it; the file is missing
                 elif defect and a_index == 1 and p == 1:
                     path.write_bytes(b"this is not an image")
+                elif photo_kinds == "real":
+                    save_real_photo(draw_photo(scene, obj, rng), path.with_suffix(""), kinds)
                 else:
                     draw_photo(scene, obj, rng).save(path)
                 images.append({"id": photo_id, "album_id": album_id, "datetaken": "2016-01-01 12:00:00",

@@ -18,6 +18,8 @@ of lichengunc/vist_eval, where references are keyed by the photo sequence.
 from __future__ import annotations
 
 import json
+import logging
+import random
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -25,12 +27,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 
 from data_modules.common import SPLITS, SplitDataModule, SplitReport
 from visiontales.errors import VisionTalesError
+
+LOG = logging.getLogger("data_modules")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 DROP_REASONS = ("missing_image", "unreadable_image", "empty_caption")
@@ -171,8 +175,8 @@ def clip_transform(image_size: int = 224, mean: Iterable[float] = CLIP_MEAN,
 def load_image(path: Path, transform: T.Compose) -> torch.Tensor:
     """One image file as a (3, H, W) float tensor; a file that fails to decode names itself."""
     try:
-        with Image.open(path) as img:
-            return transform(img.convert("RGB"))
+        with Image.open(path) as img:  # a GIF opens at its first frame
+            return transform(ImageOps.exif_transpose(img).convert("RGB"))  # upright, as the camera held it
     except (UnidentifiedImageError, OSError) as e:
         raise VisionTalesError(f"{path}: cannot decode image ({e})") from e
 
@@ -227,6 +231,8 @@ class VISTDataModule(SplitDataModule):
         image_mean: tuple[float, float, float] = CLIP_MEAN,
         image_std: tuple[float, float, float] = CLIP_STD,
         batch_size: int = 1,
+        train_sequences: int | None = None,
+        subset_seed: int = 0,
         **kwargs: Any,
     ) -> None:
         """
@@ -239,9 +245,16 @@ class VISTDataModule(SplitDataModule):
             image_mean: per-channel mean of CLIP's normalisation.
             image_std: per-channel std of CLIP's normalisation.
             batch_size: training batch size (the paper used 1).
+            train_sequences: train on this many of the kept training sequences (after `windows`),
+                drawn uniformly without replacement with `random.Random(subset_seed)` and kept in
+                file order, as the paper trained on about 3,000; None: all. Validation and test
+                stay whole.
+            subset_seed: the seed of that draw.
             **kwargs: the loader options of SplitDataModule (eval_batch_size, num_workers,
                 pin_memory, predict_split).
         """
+        if train_sequences is not None and train_sequences < 1:
+            raise VisionTalesError(f"train_sequences must be at least 1 (or null for all), got {train_sequences}")
         super().__init__(batch_size=batch_size, **kwargs)
         self.root = Path(root)
         self.transform = clip_transform(image_size, image_mean, image_std)
@@ -254,6 +267,14 @@ class VISTDataModule(SplitDataModule):
 
     def build_split(self, split: str) -> tuple[VISTSequences, SplitReport]:
         sequences, report = build_sequences(self.root, split, self.hparams.windows, self.hparams.text_field)
+        wanted = self.hparams.train_sequences
+        if split == "train" and wanted is not None:
+            if wanted >= len(sequences):
+                LOG.warning(f"VIST train: train_sequences={wanted} but {len(sequences)} are kept: training on all")
+            else:
+                chosen = sorted(random.Random(self.hparams.subset_seed).sample(range(len(sequences)), wanted))
+                sequences = [sequences[i] for i in chosen]
+                report.counts["in_subset"] = wanted
         return VISTSequences(sequences, self.transform, distinct=split != "train"), report
 
     def image_paths(self, stage: str) -> dict[str, Path]:
