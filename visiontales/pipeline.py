@@ -60,35 +60,57 @@ class SAGANetsPipeline:
         drawing = self.visualizer.generate([caption], [seed], **options)
         return drawing.frames[0], None if drawing.latents is None else drawing.latents[0]
 
-    @torch.no_grad()
-    def __call__(self, captions: list[str], frames: list[torch.Tensor] | None = None, n_frames: int = 5,
-                 seed: int = 0) -> Story:
-        """Continue a story given `captions` (at least one) and the first len(frames) of their
-        frames (none, some or all), until it has `n_frames` frames."""
-        frames = list(frames or [])
+    def check(self, captions: list[str], frames: list[torch.Tensor], n_frames: int) -> None:
         if not captions:
             raise VisionTalesError("a story needs at least one caption to start from")
         if len(frames) > len(captions):
             raise VisionTalesError(f"{len(frames)} frames given for {len(captions)} captions")
         if n_frames < len(captions):
             raise VisionTalesError(f"--frames {n_frames} is fewer than the {len(captions)} captions given")
+
+    @torch.no_grad()
+    def __call__(self, captions: list[str], frames: list[torch.Tensor] | None = None, n_frames: int = 5,
+                 seed: int = 0) -> Story:
+        """Continue a story given `captions` (at least one) and the first len(frames) of their
+        frames (none, some or all), until it has `n_frames` frames."""
+        return self.many([(captions, list(frames or []))], n_frames, seed)[0]
+
+    @torch.no_grad()
+    def many(self, starts: list[tuple[list[str], list[torch.Tensor]]], n_frames: int = 5, seed: int = 0,
+             batch_size: int = 16) -> list[Story]:
+        """Continue several stories, each from (captions, frames). The captioner writes every
+        missing caption first; then, unless frames continue from each other (continuity), the
+        visualizer draws every missing frame of every story in batches: caption k+1 depends on
+        the captions before it, frame k+1 only on its caption and seed."""
         size = self.visualizer.resolution
-        frames = [F.interpolate(f[None].float(), size=(size, size), mode="bilinear", antialias=True)[0]
-                  for f in frames]
-        story = list(captions)
-        given_captions = [True] * len(captions) + [False] * (n_frames - len(captions))
-        given_frames = [True] * len(frames) + [False] * (n_frames - len(frames))
-        continuing = frames and self.continuity_strength is not None
-        latents = self.visualizer.latents_of(frames[-1][None]) if continuing else None
-        previous = None if latents is None else latents[0]
-        for step in range(len(frames), n_frames):
-            if step >= len(story):
+        stories, given = [], []
+        for captions, frames in starts:
+            self.check(captions, frames, n_frames)
+            story = list(captions)
+            while len(story) < n_frames:
                 story.append(self.captioner.continue_story(story, 1)[0])
-            frame, previous = self.draw(story[step], seed + step, previous)
-            frames.append(frame.cpu())
+            stories.append(story)
+            given.append([F.interpolate(f[None].float(), size=(size, size), mode="bilinear", antialias=True)[0]
+                          for f in frames])
+        if self.continuity_strength is None:
+            todo = [(i, step) for i, frames in enumerate(given) for step in range(len(frames), n_frames)]
+            drawn = self.visualizer.draw([stories[i][step] for i, step in todo], [seed + step for _, step in todo],
+                                         self.lora_alpha, batch_size)
+            for (i, _), frame in zip(todo, drawn, strict=True):
+                given[i].append(frame)
+        else:
+            for story, frames in zip(stories, given, strict=True):
+                latents = self.visualizer.latents_of(frames[-1][None]) if frames else None
+                previous = None if latents is None else latents[0]
+                for step in range(len(frames), n_frames):
+                    frame, previous = self.draw(story[step], seed + step, previous)
+                    frames.append(frame.cpu())
         settings = {"seed": seed, "frames": n_frames, "lora_alpha": self.lora_alpha,
                     "continuity_strength": self.continuity_strength, "resolution": size}
-        return Story(story, given_captions, given_frames, torch.stack([f.cpu() for f in frames]), settings)
+        return [Story(story, [True] * len(captions) + [False] * (n_frames - len(captions)),
+                      [True] * len(frames) + [False] * (n_frames - len(frames)),
+                      torch.stack([f.cpu() for f in done]), dict(settings))
+                for story, done, (captions, frames) in zip(stories, given, starts, strict=True)]
 
 
 def read_prefix(path: Path) -> tuple[list[str], list[torch.Tensor]]:
@@ -203,13 +225,12 @@ class SAGANetsStories(L.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         records = []
         out = Path(self.trainer.log_dir or ".") / "stories"
-        for i, story_id in enumerate(batch["story_id"]):
-            k = batch["prefix_len"][i]
-            texts = batch["texts"][i]
-            # k given pairs, then the first caption alone when k is 0 (the pipeline needs a start)
-            captions = texts[: max(k, 1)]
-            frames = list(batch["images"][i][:k]) if "images" in batch else []
-            story = self.pipeline(captions, frames, self.hparams.frames, seed=self.hparams.seed)
+        # k given pairs, then the first caption alone when k is 0 (the pipeline needs a start)
+        starts = [(texts[: max(k, 1)], list(batch["images"][i][:k]) if "images" in batch else [])
+                  for i, (texts, k) in enumerate(zip(batch["texts"], batch["prefix_len"], strict=True))]
+        stories = self.pipeline.many(starts, self.hparams.frames, seed=self.hparams.seed)
+        for story_id, texts, k, story in zip(batch["story_id"], batch["texts"], batch["prefix_len"], stories,
+                                             strict=True):
             write_story(story, out / story_id, {"story_id": story_id, "reference_captions": texts})
             records.append({"story_id": story_id, "given": k, "captions": story.captions,
                             "storyboard": str(out / story_id / "storyboard.png")})

@@ -62,9 +62,13 @@ class Visualizer(VisionTalesModule, abc.ABC):
     @torch.no_grad()
     def draw(self, captions: list[str], seeds: list[int], lora_alpha: float | None = None,
              batch_size: int = 16) -> torch.Tensor:
-        """Frames (N, 3, R, R) on the CPU for many captions, drawn `batch_size` at a time."""
+        """Frames (N, 3, R, R) on the CPU for many captions, drawn `batch_size` at a time on the
+        model's device, with a progress bar on a terminal."""
+        from tqdm import tqdm
+
         frames = [torch.empty(0, 3, self.resolution, self.resolution)]
-        for start in range(0, len(captions), batch_size):
+        for start in tqdm(range(0, len(captions), batch_size), desc="drawing", unit="batch", disable=None,
+                          total=-(-len(captions) // batch_size)):
             drawing = self.generate(captions[start:start + batch_size], seeds[start:start + batch_size],
                                     lora_alpha=lora_alpha)
             frames.append(drawing.frames.float().cpu())

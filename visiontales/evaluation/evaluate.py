@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from visiontales.devices import Placement
 from visiontales.errors import VisionTalesError
 
 LOG = logging.getLogger("visiontales")
@@ -78,12 +79,17 @@ def datamodule_for(model, checkpoint: dict[str, Any], data_root: Path):
 
 
 def evaluate_text_model(model, checkpoint: dict[str, Any], source: Path, data_root: Path, split: str,
-                        out: Path) -> Evaluation:
+                        out: Path, placement: Placement | None = None) -> Evaluation:
+    """The model's own test (or validation) loop, on `placement`'s device and precision (default:
+    the CPU, 32-true), with a progress bar on a terminal."""
+    import sys
+
     import lightning as L
 
     datamodule = datamodule_for(model, checkpoint, data_root)
-    trainer = L.Trainer(accelerator="auto", devices=1, logger=False, default_root_dir=out,
-                        enable_progress_bar=False, enable_model_summary=False)
+    placement = placement or Placement(torch.device("cpu"))
+    trainer = L.Trainer(**placement.trainer_options(), logger=False, default_root_dir=out,
+                        enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False)
     run = trainer.test if split == "test" else trainer.validate
     results = run(model, datamodule=datamodule, verbose=False)[0]
     prefix = "test/" if split == "test" else "val/"
@@ -133,11 +139,16 @@ def save_grid(frames: torch.Tensor, path: Path, nrow: int = 8) -> Path:
 
 def evaluate_visualizer(visualizer, checkpoint: Path, data_root: Path, split: str, out: Path, classifier,
                         clip_model, max_frames: int | None, seed: int, lora_alpha: float | None,
-                        inception_weights=None, reference: bool = False) -> Evaluation:
-    """Frames a Visualizer draws for the split's captions (or, with `reference`, the real frames)."""
+                        inception_weights=None, reference: bool = False, batch_size: int = 8) -> Evaluation:
+    """Frames a Visualizer draws for the split's captions (or, with `reference`, the real frames),
+    `batch_size` at a time on the visualizer's device."""
     size = visualizer.resolution if visualizer is not None else 64
     real, captions, labels, clips = split_clips(data_root, split, size, max_frames)
-    frames = real if reference else visualizer.draw(captions, [seed + i for i in range(len(captions))], lora_alpha)
+    if len(captions) < 2:
+        raise VisionTalesError(f"{data_root}: {len(captions)} clip(s) to score in split '{split}'"
+                               f"{'' if max_frames is None else f' (--max-frames {max_frames})'}; FID needs at least 2")
+    seeds = [seed + i for i in range(len(captions))]
+    frames = real if reference else visualizer.draw(captions, seeds, lora_alpha, batch_size)
     metrics, protocols = image_metrics(frames, captions, labels, real, classifier, clip_model, inception_weights)
     save_grid(torch.cat([frames[:8], real[:8]]), out / "samples.png")
     shown = [{"clip": c, "caption": t} for c, t in zip(clips[:8], captions[:8], strict=True)]

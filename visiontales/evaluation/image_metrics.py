@@ -81,9 +81,11 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor, classifier=None,
                      inception_weights: str | Path | None = None, batch_size: int = 64) -> tuple[float, str]:
     """(FID between frames `real` and `fake` (N, 3, H, W) in [-1, 1], its protocol name)."""
     metric, protocol = fid_metric(classifier, inception_weights)
+    device = classifier.device if classifier is not None else torch.device("cpu")
+    metric = metric.to(device)
     for frames, is_real in ((real, True), (fake, False)):
         for start in range(0, len(frames), batch_size):
-            metric.update(to_uint8(frames[start:start + batch_size]), real=is_real)
+            metric.update(to_uint8(frames[start:start + batch_size]).to(device), real=is_real)
     return max(float(metric.compute()), 0.0), protocol
 
 
