@@ -11,7 +11,7 @@ export VISIONTALES_HOME ?= $(CURDIR)/.cache/visiontales
 
 PROFILE ?= tiny
 
-.PHONY: help install test demo reproduce-paper bootstrap tensorboard lint clean
+.PHONY: help install test demo reproduce-paper smoke-paper bootstrap tensorboard lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ demo: install ## the storyteller (VIST) and SAGANets (FlintstonesSV) trained on 
 reproduce-paper: install ## both papers' tables and figures into reports/$(PROFILE)/index.html (PROFILE=tiny|paper)
 	$(VT) reproduce --profile $(PROFILE)
 	-@$(BIN)/python -m visiontales.screenshot reports/$(PROFILE)/index.html reports/$(PROFILE)/screenshot.png
+
+smoke-paper: install ## the paper profile's steps at real size (random weights, shrunk counts): reports/smoke/
+	$(VT) reproduce --profile smoke
 
 bootstrap: install ## train the tiny-domain backbones on synthetic data (once; cached in .cache/visiontales)
 	$(VT) bootstrap

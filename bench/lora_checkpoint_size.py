@@ -10,12 +10,6 @@ import argparse
 
 import torch
 
-# SD 1.5's unet/config.json (the fields that set the attention layers' shapes)
-SD15_UNET = {"block_out_channels": (320, 640, 1280, 1280), "cross_attention_dim": 768, "attention_head_dim": 8,
-             "layers_per_block": 2, "sample_size": 64, "in_channels": 4, "out_channels": 4,
-             "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-             "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3}
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -25,6 +19,8 @@ def main() -> None:
 
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig
+
+    from visiontales.stand_ins import SD15_UNET  # stable-diffusion-v1-5's unet/config.json
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**SD15_UNET)

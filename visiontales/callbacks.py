@@ -117,3 +117,79 @@ class RNGStates(L.Callback):
         torch.set_rng_state(state["torch"])
         if state["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda"])
+
+
+class StepCost(L.Callback):
+    """What a training step costs: FLOPs (torch's FlopCounterMode over one whole step, forward,
+    backward and optimizer, the `count_step`-th), the bytes of tensors autograd saves for the
+    backward in that step (activation memory), seconds per step (median, warm-up and counted steps
+    left out), the model's bytes, and peak memory (CUDA: max allocated; CPU: the process's peak
+    resident set). Written to `out` (JSON) at the end of fit: what bench/paper_estimates.py turns
+    into estimates, and what MFU is measured from on a GPU."""
+
+    def __init__(self, out: str = "step_cost.json", count_step: int = 1) -> None:
+        self.out, self.count_step = Path(out), count_step
+        self.flops: int | None = None
+        self.saved_bytes = 0
+        self.times: list[float] = []
+        self.seen = 0
+        self._counter = self._hooks = None
+        self._start = 0.0
+
+    def _sync(self, trainer: L.Trainer) -> None:
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize(trainer.strategy.root_device)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        import time
+
+        if self.seen == self.count_step:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            self._counter = FlopCounterMode(display=False)
+            self._counter.__enter__()
+            seen: set[int] = set()
+
+            def pack(tensor: torch.Tensor) -> torch.Tensor:
+                key = tensor.untyped_storage().data_ptr()
+                if key not in seen:
+                    seen.add(key)
+                    self.saved_bytes += tensor.untyped_storage().nbytes()
+                return tensor
+
+            self._hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor)
+            self._hooks.__enter__()
+        self._sync(trainer)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import time
+
+        self._sync(trainer)
+        elapsed = time.perf_counter() - self._start
+        if self._counter is not None:
+            self._hooks.__exit__(None, None, None)
+            self._counter.__exit__(None, None, None)
+            self.flops, self._counter = self._counter.get_total_flops(), None
+        elif self.seen > 0:  # the first step pays for warm-up; the counted one for counting
+            self.times.append(elapsed)
+        self.seen += 1
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import resource
+
+        if trainer.strategy.root_device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(trainer.strategy.root_device)
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        tensors = [*pl_module.parameters(), *pl_module.buffers()]
+        trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
+        result = {"flops_per_step": self.flops, "s_per_step": float(np.median(self.times)) if self.times else None,
+                  "steps_timed": len(self.times), "saved_for_backward_bytes": self.saved_bytes,
+                  "model_bytes": sum(t.numel() * t.element_size() for t in tensors), "trainable_parameters": trainable,
+                  "peak_memory_bytes": peak,
+                  "device": str(trainer.strategy.root_device), "precision": str(trainer.precision)}
+        if trainer.is_global_zero:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.out.write_text(json.dumps(result, indent=1))
+            rank_zero_info(f"step cost: {json.dumps(result)}")

@@ -69,7 +69,8 @@ def _datasets():
 
 def data_synth(opts: argparse.Namespace) -> int:
     write, _ = _datasets()[opts.dataset]
-    size = {"albums": opts.albums} if opts.dataset == "vist" else {"episodes": opts.episodes}
+    size = {"albums": opts.albums, "photo_kinds": opts.photo_kinds} if opts.dataset == "vist" \
+        else {"episodes": opts.episodes}
     counts = write(opts.out, seed=opts.seed, **size)
     unit = "stories" if opts.dataset == "vist" else "clips"
     print(f"wrote synthetic {opts.dataset} to {opts.out}: " + ", ".join(f"{split} {n} {unit}" for split, n in counts.items()))
@@ -90,6 +91,12 @@ def data_check(opts: argparse.Namespace) -> int:
     return 0
 
 
+def placement(opts: argparse.Namespace):
+    from visiontales.devices import Placement
+
+    return Placement.from_options(opts.device, opts.precision)
+
+
 def tell(opts: argparse.Namespace) -> int:
     import torch
 
@@ -98,7 +105,8 @@ def tell(opts: argparse.Namespace) -> int:
     from visiontales.models.base import load_model
     from visiontales.models.storyteller import CLIPStoryteller
 
-    model = load_model(opts.checkpoint, CLIPStoryteller)
+    where = placement(opts)
+    model = where.place(load_model(opts.checkpoint, CLIPStoryteller))
     if opts.decoding:
         model.hparams.decoding = opts.decoding
     if model.clip is None:
@@ -108,7 +116,8 @@ def tell(opts: argparse.Namespace) -> int:
     else:
         transform = clip_transform(*clip_preprocessing(model.clip))
         images = torch.stack([load_image(p, transform) for p in opts.images]).unsqueeze(0)
-    print(model.generate_stories({"images": images})[0])
+    with where.autocast():
+        print(model.generate_stories({"images": images.to(where.device)})[0])
     return 0
 
 
@@ -119,10 +128,12 @@ def story(opts: argparse.Namespace) -> int:
     from visiontales.visualizer import Visualizer
 
     captions, frames = ([opts.first_caption], []) if opts.first_caption else read_prefix(opts.prefix)
-    pipeline = SAGANetsPipeline(load_model(opts.captioner, SAGANetsCaptioner, "--captioner"),
-                                load_model(opts.visualizer, Visualizer, "--visualizer"),
+    where = placement(opts)
+    pipeline = SAGANetsPipeline(where.place(load_model(opts.captioner, SAGANetsCaptioner, "--captioner")),
+                                where.place(load_model(opts.visualizer, Visualizer, "--visualizer")),
                                 opts.lora_alpha, opts.continuity_strength)
-    told = pipeline(captions, frames, opts.frames, seed=opts.seed)
+    with where.autocast():
+        told = pipeline(captions, frames, opts.frames, seed=opts.seed)
     board = write_story(told, opts.out, {"captioner": str(opts.captioner), "visualizer": str(opts.visualizer)})
     for i, caption in enumerate(told.captions):
         print(f"{i + 1}. {'(given) ' if told.given_captions[i] else ''}{caption}")
@@ -147,12 +158,13 @@ def evaluate(opts: argparse.Namespace) -> int:
     from visiontales.models.text_generation import TextGenerationModule
     from visiontales.visualizer import Visualizer
 
-    model = None
+    where, model = placement(opts), None
     if opts.checkpoint:
         checkpoint = read_checkpoint(opts.checkpoint)
         model = model_from_checkpoint(checkpoint, opts.checkpoint)
         if isinstance(model, TextGenerationModule):
-            result = ev.evaluate_text_model(model, checkpoint, opts.checkpoint, opts.data_root, opts.split, opts.out)
+            result = ev.evaluate_text_model(model, checkpoint, opts.checkpoint, opts.data_root, opts.split, opts.out,
+                                            where)
             return _print_written(result, opts.out)
         if not isinstance(model, Visualizer):
             raise VisionTalesError(f"{opts.checkpoint}: a {type(model).__name__} checkpoint; evaluate scores text "
@@ -160,14 +172,19 @@ def evaluate(opts: argparse.Namespace) -> int:
     if opts.classifier is None:
         raise VisionTalesError("--classifier is needed for image metrics (train one: visiontales fit "
                                "--config experiments/character_classifier.yaml)")
-    classifier, clip_model = load_model(opts.classifier, CharacterClassifier, "--classifier"), load_clip(opts.clip)
+    classifier = where.place(load_model(opts.classifier, CharacterClassifier, "--classifier"))
+    clip_model = where.place(load_clip(opts.clip))
     if opts.stories:
         result = ev.evaluate_stories(opts.stories, opts.data_root, opts.split, opts.out, classifier, clip_model,
                                      opts.inception_weights)
     else:
-        result = ev.evaluate_visualizer(model, opts.checkpoint or "real frames", opts.data_root, opts.split, opts.out,
-                                        classifier, clip_model, opts.max_frames, opts.seed, opts.lora_alpha,
-                                        opts.inception_weights, reference=model is None)
+        if model is not None:
+            where.place(model)
+        with where.autocast():
+            result = ev.evaluate_visualizer(model, opts.checkpoint or "real frames", opts.data_root, opts.split,
+                                            opts.out, classifier, clip_model, opts.max_frames, opts.seed,
+                                            opts.lora_alpha, opts.inception_weights, reference=model is None,
+                                            batch_size=opts.batch_size)
     return _print_written(result, opts.out)
 
 
@@ -184,14 +201,34 @@ def _print_written(result, out: Path) -> int:
 def reproduce(opts: argparse.Namespace) -> int:
     from visiontales.reproduce import main as run
 
-    return run(opts.profile, opts.reports, opts.runs, opts.reuse)
+    return run(opts.profile, opts.reports, opts.runs, opts.reuse, {"gpt2": opts.gpt2, "clip": opts.clip, "sd": opts.sd})
 
 
 def bootstrap(opts: argparse.Namespace) -> int:
+    if opts.paper_size:
+        from visiontales.stand_ins import build_paper_size_backbones, hub_environment
+
+        cache = build_paper_size_backbones()
+        print(f"paper-size stand-ins (random weights) in the Hugging Face cache {cache}; load them with "
+              + " ".join(f"{k}={v}" for k, v in hub_environment().items()))
+        return 0
     from visiontales.bootstrap import build_domain_backbones
 
     for kind, directory in build_domain_backbones().items():
         print(f"tiny-domain {kind}: {directory}")
+    return 0
+
+
+def backbones(opts: argparse.Namespace) -> int:
+    from visiontales.backbones import describe_backbones
+
+    described = describe_backbones(opts.gpt2, opts.clip, opts.sd)
+    for role, d in described.items():
+        print(f"{role:<16} {d['parameters'] / 1e6:7.1f}M  {d['class']:<22} {d['spec']}")
+    if opts.json:
+        opts.json.parent.mkdir(parents=True, exist_ok=True)
+        opts.json.write_text(json.dumps(described, indent=1))
+        print(f"wrote {opts.json}")
     return 0
 
 
@@ -204,19 +241,35 @@ def build_parser() -> argparse.ArgumentParser:
         prog="visiontales", description="VisionTales: visual storytelling in both directions (images -> story, "
                                         "story -> images). `visiontales <command> --help` lists a command's options.")
     commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    from visiontales.devices import DEVICES_HELP, PRECISIONS
+
+    on_device = argparse.ArgumentParser(add_help=False)
+    on_device.add_argument("--device", default="auto", help=DEVICES_HELP)
+    on_device.add_argument("--precision", default="32-true", choices=tuple(PRECISIONS),
+                           help="as Lightning names it: 32-true (default), bf16-mixed or 16-mixed (autocast)")
     for name, text in LIGHTNING_COMMANDS.items():  # their options belong to LightningCLI
         commands.add_parser(name, help=text, add_help=False).set_defaults(run=None)
 
     c = commands.add_parser("reproduce", help="every table and figure of both papers: reports/<profile>/index.html",
                             description="Train, sample and evaluate everything the two papers report, then write "
-                                        "reports/<profile>/index.html. tiny: synthetic data, tiny-domain backbones, "
-                                        "CPU (about 25 min on 2 cores). paper: the real datasets and weights on a "
-                                        "GPU, checked before anything runs.")
-    c.add_argument("--profile", choices=("tiny", "paper"), default="tiny")
+                                        "reports/<profile>/index.html (log.txt: every command and its output; "
+                                        "backbones.json: each backbone's spec, class and size). tiny: synthetic data, "
+                                        "tiny-domain backbones, CPU (about 25 min on 2 cores). smoke: the paper's "
+                                        "configs and steps at real size (random weights, real-size stand-in data) "
+                                        "with every count shrunk, on whatever device is there (about 30 min on 2 CPU "
+                                        "cores). paper: the real datasets and weights on a GPU. Everything a profile "
+                                        "needs (Java; for paper the data, weights, a GPU, free disk) is checked "
+                                        "before anything runs.")
+    c.add_argument("--profile", choices=("tiny", "smoke", "paper"), default="tiny")
     c.add_argument("--reports", type=Path, default=Path("reports"), help="reports folder (default reports/)")
     c.add_argument("--runs", type=Path, default=Path("runs"), help="runs folder (default runs/)")
     c.add_argument("--reuse", action="store_true",
-                   help="keep finished training runs (their last.ckpt exists) instead of training them again")
+                   help="keep runs that finished with the same resolved config (finished.json), resume interrupted "
+                        "ones from their last.ckpt; a run whose config changed trains again")
+    for role, example in (("gpt2", "openai-community/gpt2"), ("clip", "ViT-B-32-quickgelu@openai"),
+                          ("sd", "stable-diffusion-v1-5/stable-diffusion-v1-5")):
+        c.add_argument(f"--{role}", metavar="SPEC", help=f"{role} weights instead of the profile's ({example} for "
+                                                         f"paper): a local directory or another spec")
     c.set_defaults(run=reproduce)
 
     c = commands.add_parser("bootstrap", help="train the tiny-domain backbones on synthetic data, once",
@@ -224,9 +277,24 @@ def build_parser() -> argparse.ArgumentParser:
                                         "VAE and UNet) on synthetic VIST and FlintstonesSV once and cache them under "
                                         "$VISIONTALES_HOME/backbones (about 7 min on 2 CPU cores); configs name them "
                                         "as 'tiny-domain'.")
+    c.add_argument("--paper-size", action="store_true",
+                   help="instead, write the paper's backbones at their real size with random weights (GPT-2 124M, "
+                        "CLIP ViT-B-32-quickgelu, Stable Diffusion 1.5) as a Hugging Face cache under "
+                        "$VISIONTALES_HOME/paper-size/hub, for `reproduce --profile smoke` (~5 GB, minutes)")
     c.set_defaults(run=bootstrap)
 
-    c = commands.add_parser("evaluate", help="score a checkpoint or a folder of stories: metrics.json + metrics.md",
+    c = commands.add_parser("backbones", help="load the backbones and report each one's class and size",
+                            description="Load GPT-2, CLIP and Stable Diffusion through the loaders the configs use "
+                                        "and print, for each role (gpt2, clip, sd_unet, sd_vae, sd_text_encoder), "
+                                        "its spec, class and parameter count.")
+    c.add_argument("--gpt2", default="openai-community/gpt2", help="GPT-2 spec (default: the paper's)")
+    c.add_argument("--clip", default="ViT-B-32-quickgelu@openai", help="CLIP spec (default: the paper's)")
+    c.add_argument("--sd", default="stable-diffusion-v1-5/stable-diffusion-v1-5",
+                   help="Stable Diffusion spec (default: the paper's)")
+    c.add_argument("--json", type=Path, help="also write the report to this JSON file")
+    c.set_defaults(run=backbones)
+
+    c = commands.add_parser("evaluate", parents=[on_device], help="score a checkpoint or a folder of stories: metrics.json + metrics.md",
                             description="Score a trained model (text metrics for text models; Char-Acc, Char-F1, FID "
                                         "and CLIPScore for visualizers) or a folder of SAGANets stories (the whole "
                                         "pipeline) on a data split; writes metrics.json and metrics.md under --out.")
@@ -240,16 +308,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", type=Path, required=True, help="folder to write (created)")
     c.add_argument("--classifier", type=Path, help="CharacterClassifier checkpoint "
                                                    "(experiments/character_classifier.yaml); needed for image metrics")
-    c.add_argument("--clip", default="ViT-B-32@openai", help="CLIP for CLIPScore (a load_clip spec)")
+    c.add_argument("--clip", default="ViT-B-32-quickgelu@openai", help="CLIP for CLIPScore (a load_clip spec)")
     c.add_argument("--inception-weights", type=Path,
                    help="torch-fidelity's InceptionV3 FID weights (default: the torch hub cache, if there); "
                         "without them FID uses the classifier's features and says so")
     c.add_argument("--max-frames", type=int, help="score the first N distinct clips of the split (default all)")
+    c.add_argument("--batch-size", type=int, default=8, help="frames drawn at once (default 8)")
     c.add_argument("--seed", type=int, default=0, help="the frame of clip i is drawn with seed + i")
     c.add_argument("--lora-alpha", type=float, help="LoRA alpha to draw with (0: the untrained base model)")
     c.set_defaults(run=evaluate)
 
-    c = commands.add_parser("story", help="continue a story: captioner and visualizer alternate (SAGANets)",
+    c = commands.add_parser("story", parents=[on_device], help="continue a story: captioner and visualizer alternate (SAGANets)",
                             description="SAGANets: the captioner writes caption k+1, the visualizer draws frame k+1, "
                                         "until N frames; writes storyboard.png, frame_XX.png and story.json under "
                                         "--out.")
@@ -279,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", type=Path, required=True, help="folder to write (created)")
     c.add_argument("--seed", type=int, default=0, help="same seed, same files")
     c.add_argument("--albums", type=int, default=200, help="VIST: photo albums to write (two stories each)")
+    c.add_argument("--photo-kinds", choices=("plain", "real"), default="plain",
+                   help="VIST: plain (small JPEGs) or real (the real set's sizes up to 2048x1536 and kinds: PNG, GIF, "
+                        "BMP, grayscale, CMYK, EXIF-rotated)")
     c.add_argument("--episodes", type=int, default=80, help="FlintstonesSV: episodes to write (14 clips each)")
     c.set_defaults(run=data_synth)
     c = data.add_parser("check", help="validate a dataset folder; report kept and dropped items per split",
@@ -288,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print exactly one JSON object")
     c.set_defaults(run=data_check)
 
-    c = commands.add_parser("tell", help="print a story for three image files with a trained CLIPStoryteller",
+    c = commands.add_parser("tell", parents=[on_device], help="print a story for three image files with a trained CLIPStoryteller",
                             description="Print a story for three images with a trained CLIPStoryteller.")
     c.add_argument("--checkpoint", type=Path, required=True, help="a CLIPStoryteller checkpoint (.ckpt)")
     c.add_argument("images", type=Path, nargs=3, help="three image files, in story order")

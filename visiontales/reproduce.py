@@ -29,122 +29,179 @@ from visiontales.errors import VisionTalesError
 FIRST_CAPTION = "Fred and Barney are talking in the quarry."
 
 
+COUNTS = ("--trainer.max_epochs", "--trainer.limit_train_batches", "--trainer.limit_val_batches",
+          "--trainer.limit_predict_batches", "--data.init_args.batch_size", "--data.init_args.eval_batch_size",
+          "--model.init_args.num_inference_steps", "--model.init_args.val_samples", "--model.init_args.samples_to_log",
+          "--frames", "--max-frames", "--trainer.callbacks.epochs")
+"""The options by which one profile's steps may differ from another's: counts, never what is run."""
+
+
 @dataclass
 class Profile:
     name: str
     experiments: Path
     vist_root: Path
     flintstones_root: Path
-    clip: str  # the CLIP that scores CLIPScore
+    backbones: dict[str, str]  # the specs the configs name, by role (gpt2, clip, sd); clip also scores CLIPScore
     epochs: dict[str, int]  # epochs per run where the profile sets them ("lora": the "more than one epoch" run)
     train: dict[str, list[str]] = field(default_factory=dict)  # extra trainer arguments per run
-    stories: int = 4
+    train_all: list[str] = field(default_factory=list)  # extra arguments of every fit
+    snapshots: dict[int, int] = field(default_factory=dict)  # a run's snapshot epoch -> the one kept here
+    stories: int = 4  # test stories continued from their prefixes (predict batches)
+    board_frames: int = 5  # frames of each storyboard
+    predict: list[str] = field(default_factory=list)  # extra arguments of predict steps
+    evaluate: list[str] = field(default_factory=list)  # extra arguments of image evaluations
+    sample: list[str] = field(default_factory=list)  # placement of story and evaluate (--device, --precision)
+    env: dict[str, str] = field(default_factory=dict)  # environment of every step
 
     @property
     def lora_epochs(self) -> int:
         return self.epochs["lora"]
 
+    @property
+    def clip(self) -> str:
+        return self.backbones["clip"]
+
+    def snapshot(self, epoch: int) -> int:
+        return self.snapshots.get(epoch, epoch)
+
+
+PAPER_BACKBONES = {"gpt2": "openai-community/gpt2", "clip": "ViT-B-32-quickgelu@openai",
+                   "sd": "stable-diffusion-v1-5/stable-diffusion-v1-5"}
+
 
 def profiles() -> dict[str, Profile]:
-    data = Path(os.environ.get("VISIONTALES_DATA", "data"))
-    short = ["--trainer.limit_train_batches", "20"]
-    return {
-        "tiny": Profile("tiny", Path("experiments/tiny"), data / "vist-synthetic", data / "flintstones-synthetic",
-                        "tiny-domain", epochs={"lora": 4},
-                        train={"gan": short, "clip_centric": short, "temporal_coherence": short, "combined": short}),
-        "paper": Profile("paper", Path("experiments"), Path(os.environ.get("VIST_ROOT", data / "vist")),
-                         Path(os.environ.get("FLINTSTONES_ROOT", data / "flintstones")), "ViT-B-32@openai",
-                         epochs={"lora": 3}),
-    }
-
-
-# -------------------------------------------------------------------------------- paper checks
-
-
-def missing_for_paper(profile: Profile) -> list[str]:
-    """One line per missing prerequisite of the paper profile: data files, weights, a GPU."""
     import torch
 
-    problems = []
-    vist, flint = profile.vist_root, profile.flintstones_root
-    for path, what in ((vist / "annotations" / "sis" / "train.story-in-sequence.json", "VIST SIS annotations"),
-                       (vist / "images", "VIST images folder (images/<split>/<photo id>.jpg)"),
-                       (flint / "flintstones_annotations_v1-0.json", "FlintstonesSV annotations"),
-                       (flint / "train-val-test_split.json", "FlintstonesSV split file"),
-                       (flint / "video_frames_sampled", "FlintstonesSV frames folder (<globalID>.npy)")):
-        if not path.exists():
-            problems.append(f"missing {what}: put it at {path} (see README, 'Using the real VIST / "
-                            f"FlintstonesSV'; or set VIST_ROOT / FLINTSTONES_ROOT)")
-    from huggingface_hub import try_to_load_from_cache
+    from visiontales.stand_ins import hub_environment
 
-    for repo, filename, what in (("gpt2", "config.json", "GPT-2 weights"),
-                                 ("stable-diffusion-v1-5/stable-diffusion-v1-5", "unet/config.json",
-                                  "Stable Diffusion 1.5 weights"),
-                                 ("timm/vit_base_patch32_clip_224.openai", "open_clip_config.json",
-                                  "CLIP ViT-B/32 (openai) weights")):
-        if not isinstance(try_to_load_from_cache(repo, filename), str):
-            problems.append(f"missing {what}: download '{repo}' into the Hugging Face cache "
-                            f"(huggingface-cli download {repo}; HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')})")
-    if not torch.cuda.is_available():
-        problems.append("missing a CUDA GPU: the paper profile trains Stable Diffusion 1.5 at 512 px")
-    return problems
+    data = Path(os.environ.get("VISIONTALES_DATA", "data"))
+    short = ["--trainer.limit_train_batches", "20"]
+    cpu = not torch.cuda.is_available()
+    tiny_domain = dict.fromkeys(PAPER_BACKBONES, "tiny-domain")
+    paper = Profile("paper", Path("experiments"), Path(os.environ.get("VIST_ROOT", data / "vist")),
+                    Path(os.environ.get("FLINTSTONES_ROOT", data / "flintstones")), dict(PAPER_BACKBONES),
+                    epochs={"lora": 3}, sample=["--precision", "bf16-mixed"])
+    # the paper's steps at real size with every count shrunk, on whatever device is there; on a CPU
+    # the LoRA run is uncached (the cache's first pass would encode every frame at 512 px, ~11 s each)
+    smoke_epochs = {"storyteller_prefix": 1, "storyteller_prompt": 1, "character_classifier": 1, "captioner": 1,
+                    "lora": 2, "gan": 2, "clip_centric": 1, "temporal_coherence": 1, "combined": 1}
+    smoke = Profile(
+        "smoke", Path("experiments"), data / "vist-smoke", data / "flintstones-smoke", dict(PAPER_BACKBONES),
+        epochs=smoke_epochs, snapshots={1: 1, 5: 1}, stories=1, board_frames=2,
+        train_all=["--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
+                   "--data.init_args.batch_size", "1", "--data.init_args.eval_batch_size", "1"],
+        train={"lora": ["--model.init_args.num_inference_steps", "1", "--model.init_args.val_samples", "1",
+                        *(["--model.init_args.cache", "false"] if cpu else [])]},
+        predict=["--data.init_args.eval_batch_size", "1"], evaluate=["--max-frames", "2"], sample=list(paper.sample), env={**hub_environment(), "HF_HUB_VERBOSITY": "error"})
+    return {
+        "tiny": Profile("tiny", Path("experiments/tiny"), data / "vist-synthetic", data / "flintstones-synthetic",
+                        tiny_domain, epochs={"lora": 4},
+                        train={"gan": short, "clip_centric": short, "temporal_coherence": short, "combined": short}),
+        "smoke": smoke,
+        "paper": paper,
+    }
 
 
 # ------------------------------------------------------------------------------------- runner
 
 
+@dataclass
+class Step:
+    """One `visiontales` command of a reproduction; `run` names the training run a fit step writes."""
+
+    name: str
+    args: list[str]
+    run: str | None = None
+
+
+def resolved_config(text: str) -> str:
+    """A hash of a resolved LightningCLI config (its YAML), `ckpt_path` aside: what makes a run the same run."""
+    import hashlib
+
+    import yaml
+
+    config = yaml.safe_load(text) or {}
+    config.pop("ckpt_path", None)
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 class Runner:
+    """Runs steps as subprocesses, logging each command and its output to log.txt.
+
+    A fit step's run directory holds `finished.json` (the hash of its resolved config) once its
+    last epoch is done. With `reuse`, a finished run of the same config is kept, an interrupted one
+    (no marker, a last.ckpt, the same config) resumes from last.ckpt, anything else trains anew."""
+
     def __init__(self, profile: Profile, report_dir: Path, runs_dir: Path, reuse: bool = False) -> None:
         self.profile, self.report_dir, self.runs_dir, self.reuse = profile, report_dir, runs_dir, reuse
         report_dir.mkdir(parents=True, exist_ok=True)
         self.log = open(report_dir / "log.txt", "a")
         self.runs: dict[str, dict] = {}  # run name -> {"dir", "config", "command"}
         self.timings: dict[str, float] = {}
+        self.finished: list[str] = []
+
+    def command(self, args: list[str]) -> list[str]:
+        return [sys.executable, "-m", "visiontales.cli", *args]
 
     def vt(self, name: str, args: list[str]) -> None:
         """Run one `visiontales` command; stop the whole reproduction if it fails."""
-        command = [sys.executable, "-m", "visiontales.cli", *args]
         line = "visiontales " + " ".join(shlex.quote(a) for a in args)
         print(f"[{self.profile.name}] {name}: {line}", flush=True)
         self.log.write(f"\n$ {line}\n")
         self.log.flush()
         start = time.time()
-        result = subprocess.run(command, stdout=self.log, stderr=subprocess.STDOUT)
+        result = subprocess.run(self.command(args), stdout=self.log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **self.profile.env})
         self.timings[name] = round(time.time() - start, 1)
+        self.log.write(f"# {name}: {self.timings[name]} s, exit {result.returncode}\n")
+        self.log.flush()
         if result.returncode:
-            raise VisionTalesError(f"step '{name}' failed (exit {result.returncode}); see {self.report_dir / 'log.txt'}")
+            kept = f"; `--reuse` keeps the {len(self.finished)} finished run(s) and resumes an interrupted one" \
+                if self.finished or args[0] == "fit" else ""
+            raise VisionTalesError(f"step '{name}' failed (exit {result.returncode}); see "
+                                   f"{self.report_dir / 'log.txt'}{kept}")
 
-    def config(self, stem: str) -> Path:
-        return self.profile.experiments / f"{stem}.yaml"
+    def config_hash(self, args: list[str]) -> str:
+        """The hash of the config `visiontales fit <args>` would resolve (LightningCLI's --print_config)."""
+        result = subprocess.run(self.command([*args, "--print_config"]), capture_output=True, text=True,
+                                env={**os.environ, **self.profile.env})
+        if result.returncode:
+            raise VisionTalesError(f"cannot resolve the config of `visiontales {' '.join(args)}`: "
+                                   f"{(result.stderr.strip().splitlines() or [''])[-1]}")
+        return resolved_config(result.stdout)
 
-    def lightning_args(self, command: str, name: str, stem: str, root: Path) -> list[str]:
-        """`visiontales <command>` on `stem`'s config and `root`, logging to runs/<profile>/<name>/."""
-        return [command, "--config", str(self.config(stem)), "--data.init_args.root", str(root),
-                "--trainer.logger.init_args.save_dir", str(self.runs_dir), "--trainer.logger.init_args.name", name,
-                "--trainer.logger.init_args.version", "", "--trainer.enable_progress_bar", "false"]
-
-    def fit(self, name: str, stem: str, root: Path, extra: list[str] = ()) -> Path:
-        """Train `stem`'s config as run `name`; returns its log dir (runs/<profile>/<name>)."""
-        args = [*self.lightning_args("fit", name, stem, root), *self.profile.train.get(name, []), *extra]
-        run = self.runs_dir / name
-        if self.reuse and (run / "checkpoints" / "last.ckpt").is_file():
-            print(f"[{self.profile.name}] fit {name}: reusing {run}", flush=True)
+    def fit(self, step: Step) -> Path:
+        """Train a run (or keep or resume it, see the class); returns its log dir."""
+        run = self.runs_dir / step.run
+        marker, last = run / "finished.json", run / "checkpoints" / "last.ckpt"
+        args, action = step.args, "train"
+        if self.reuse and run.is_dir():
+            wanted = self.config_hash(step.args)
+            done = json.loads(marker.read_text()) if marker.is_file() else {}
+            saved = run / "config.yaml"
+            if done.get("config") == wanted:
+                action = "keep"
+            elif not done and last.is_file() and saved.is_file() and resolved_config(saved.read_text()) == wanted:
+                action, args = "resume", [*step.args, "--ckpt_path", str(last)]
+        if action == "keep":
+            print(f"[{self.profile.name}] {step.name}: finished before with the same config, kept ({run})", flush=True)
         else:
-            shutil.rmtree(run, ignore_errors=True)  # a rerun starts clean: no stale events or checkpoints
-            self.vt(f"fit {name}", args)
-        self.runs[name] = {"dir": str(run), "config": str(run / "config.yaml"), "command": "visiontales " + " ".join(args)}
+            if action == "train":
+                shutil.rmtree(run, ignore_errors=True)  # a rerun starts clean: no stale events or checkpoints
+            self.vt(f"{step.name} ({action})" if action == "resume" else step.name, args)
+            marker.write_text(json.dumps({"config": resolved_config((run / "config.yaml").read_text()),
+                                          "finished": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        self.finished.append(step.run)
+        self.runs[step.run] = {"dir": str(run), "config": str(run / "config.yaml"),
+                               "command": "visiontales " + " ".join(step.args)}
         return run
 
-    def snapshots(self, epochs: tuple[int, ...]) -> list[str]:
-        if not epochs:
-            return []
-        return ["--trainer.callbacks+=visiontales.callbacks.EpochSnapshots",
-                f"--trainer.callbacks.epochs={json.dumps(list(epochs))}"]
-
-    def evaluate(self, name: str, args: list[str]) -> Path:
-        out = self.report_dir / "eval" / name
-        self.vt(f"evaluate {name}", ["evaluate", "--out", str(out), *args])
-        return out
+    def lightning_args(self, command: str, name: str, config: str, root: Path) -> list[str]:
+        """`visiontales <command>` on a config of the profile and `root`, logging to runs/<profile>/<name>/."""
+        return [command, "--config", str(self.profile.experiments / f"{config}.yaml"), "--data.init_args.root",
+                str(root), "--trainer.logger.init_args.save_dir", str(self.runs_dir), "--trainer.logger.init_args.name",
+                name, "--trainer.logger.init_args.version", "", "--trainer.enable_progress_bar", "false"]
 
 
 @dataclass(frozen=True)
@@ -217,49 +274,78 @@ ROWS = (
 STORIES_FROM_PREFIXES = LORA_1  # the visualizer of the stories continued from test prefixes
 
 
-def run_profile(profile: Profile, report_dir: Path, runs_dir: Path, reuse: bool = False) -> Path:
-    """Every run of RUNS, the BOARDS, the stories from test prefixes and every row of ROWS, then
-    the report."""
-    from visiontales.report import build_report
+def backbone_overrides(config: Path, backbones: dict[str, str]) -> list[str]:
+    """`--model.init_args.<role> <spec>` for each backbone a config names differently from the profile."""
+    import yaml
 
-    r = Runner(profile, report_dir, runs_dir, reuse)
+    init = (yaml.safe_load(config.read_text()).get("model") or {}).get("init_args") or {}
+    return [arg for role, spec in backbones.items() if role in init and init[role] != spec
+            for arg in (f"--model.init_args.{role}", spec)]
+
+
+def plan(profile: Profile, report_dir: Path, runs_dir: Path) -> list[Step]:
+    """Every step of a reproduction in order: the profile's preparation (synthetic data, backbones),
+    then the same list for every profile (fit each run of RUNS, sample, draw the BOARDS, continue test
+    stories, evaluate each row of ROWS), differing between profiles only in COUNTS."""
+    r = Runner.__new__(Runner)
+    r.profile, r.runs_dir = profile, runs_dir
     roots = {"vist": profile.vist_root, "flintstones": profile.flintstones_root}
-    if profile.name == "tiny":
+    steps = []
+    if profile.name != "paper":
+        # smoke: the smallest sets the writers make, VIST with photos of the real sizes and kinds
+        sizes = {"vist": ["--albums", "10", "--photo-kinds", "real"], "flintstones": ["--episodes", "10"]} \
+            if profile.name == "smoke" else {}
         for dataset, root in roots.items():
             if not root.is_dir():
-                r.vt(f"synth {dataset}", ["data", "synth", "--dataset", dataset, "--out", str(root), "--seed", "0"])
-        r.vt("bootstrap tiny-domain backbones", ["bootstrap"])
-    runs = {}
+                steps.append(Step(f"synth {dataset}", ["data", "synth", "--dataset", dataset, "--out", str(root),
+                                                       "--seed", "0", *sizes.get(dataset, [])]))
+        steps.append(Step("bootstrap backbones", ["bootstrap", *(["--paper-size"] if profile.name == "smoke" else [])]))
+    b = profile.backbones
+    steps.append(Step("backbones", ["backbones", "--gpt2", b["gpt2"], "--clip", b["clip"], "--sd", b["sd"],
+                                    "--json", str(report_dir / "backbones.json")]))
+    runs = {run.name: runs_dir / run.name for run in RUNS}
     for run in RUNS:
         epochs = profile.epochs.get(run.name, run.epochs)
         extra = [] if epochs is None else ["--trainer.max_epochs", str(epochs)]
-        runs[run.name] = r.fit(run.name, run.config, roots[run.dataset], [*extra, *r.snapshots(run.snapshots)])
+        snapshots = sorted({profile.snapshot(e) for e in run.snapshots})
+        if snapshots:
+            extra += ["--trainer.callbacks+=visiontales.callbacks.EpochSnapshots",
+                      f"--trainer.callbacks.epochs={json.dumps(snapshots)}"]
+        config = profile.experiments / f"{run.config}.yaml"
+        args = [*r.lightning_args("fit", run.name, run.config, roots[run.dataset]), *backbone_overrides(config, b),
+                *profile.train_all, *profile.train.get(run.name, []), *extra]
+        steps.append(Step(f"fit {run.name}", args, run=run.name))
 
     def checkpoint(use: Use) -> str:
-        return str(runs[use.run] / "checkpoints" / f"{use.checkpoint}.ckpt")
+        name = use.checkpoint
+        if name.startswith("epoch-"):
+            name = f"epoch-{profile.snapshot(int(name.split('-')[1]))}"
+        return str(runs[use.run] / "checkpoints" / f"{name}.ckpt")
 
     def alpha(use: Use) -> list[str]:
         return [] if use.lora_alpha is None else ["--lora-alpha", str(use.lora_alpha)]
 
     vist, flint = roots["vist"], roots["flintstones"]
-    last = {name: runs[name] / "checkpoints" / "last.ckpt" for name in runs}
-    r.vt("storyteller samples", [*r.lightning_args("predict", "storyteller_samples", "clip_storyteller_prefix", vist),
-                                 "--trainer.limit_predict_batches", "1", "--ckpt_path", str(last["storyteller_prefix"])])
-    r.vt("captioner samples", [*r.lightning_args("predict", "captioner_samples", "sagan_captioner", flint),
-                               "--trainer.limit_predict_batches", "1", "--ckpt_path", str(last["captioner"])])
-    story = ["--captioner", str(last["captioner"]), "--first-caption", FIRST_CAPTION, "--frames", "5", "--seed", "0"]
-    for name, use in BOARDS.items():
-        r.vt(f"story {name}", ["story", "--visualizer", checkpoint(use), *story, *alpha(use),
-                               "--out", str(report_dir / "stories" / name)])
-    r.vt("stories from test prefixes", [
-        *r.lightning_args("predict", "sagan_stories", "sagan_story", flint),
-        "--model.init_args.captioner_checkpoint", str(last["captioner"]),
+    last = {name: str(runs[name] / "checkpoints" / "last.ckpt") for name in runs}
+    predict = ["--trainer.limit_predict_batches", "1", *profile.predict]
+    steps += [Step("storyteller samples", [*r.lightning_args("predict", "storyteller_samples",
+                                                             "clip_storyteller_prefix", vist),
+                                           *predict, "--ckpt_path", last["storyteller_prefix"]]),
+              Step("captioner samples", [*r.lightning_args("predict", "captioner_samples", "sagan_captioner", flint),
+                                         *predict, "--ckpt_path", last["captioner"]])]
+    story = ["--captioner", last["captioner"], "--first-caption", FIRST_CAPTION, "--frames", str(profile.board_frames),
+             "--seed", "0", *profile.sample]
+    steps += [Step(f"story {name}", ["story", "--visualizer", checkpoint(use), *story, *alpha(use),
+                                     "--out", str(report_dir / "stories" / name)]) for name, use in BOARDS.items()]
+    steps.append(Step("stories from test prefixes", [
+        *r.lightning_args("predict", "sagan_stories", "sagan_story", flint), *profile.predict,
+        "--model.init_args.captioner_checkpoint", last["captioner"],
         "--model.init_args.visualizer_checkpoint", checkpoint(STORIES_FROM_PREFIXES),
         "--model.init_args.lora_alpha", str(STORIES_FROM_PREFIXES.lora_alpha),
-        "--trainer.limit_predict_batches", str(profile.stories)])
+        "--trainer.limit_predict_batches", str(profile.stories)]))
 
     # every row on the same split, captions and seeds; the image options are ignored for text models
-    image = ["--classifier", str(last["character_classifier"]), "--clip", profile.clip]
+    image = ["--classifier", last["character_classifier"], "--clip", profile.clip, *profile.evaluate, *profile.sample]
     dataset_of = {run.name: run.dataset for run in RUNS}
     for row in ROWS:
         if isinstance(row.source, Use):
@@ -269,26 +355,44 @@ def run_profile(profile: Profile, report_dir: Path, runs_dir: Path, reuse: bool 
             args = ["--real-frames", "--data-root", str(flint)]
         else:
             args = ["--stories", str(runs_dir / "sagan_stories"), "--data-root", str(flint)]
-        r.evaluate(row.id, [*args, *image])
+        steps.append(Step(f"evaluate {row.id}", ["evaluate", "--out", str(report_dir / "eval" / row.id), *args, *image]))
+    return steps
 
-    manifest = {"profile": profile.name, "vist_root": str(vist), "runs": r.runs, "timings_s": r.timings,
+
+def run_profile(profile: Profile, report_dir: Path, runs_dir: Path, reuse: bool = False) -> Path:
+    """Every step of `plan`, then the report."""
+    from visiontales.report import build_report
+
+    r = Runner(profile, report_dir, runs_dir, reuse)
+    r.log.write(f"\n# visiontales reproduce --profile {profile.name} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+    for step in plan(profile, report_dir, runs_dir):
+        if step.run:
+            r.fit(step)
+        else:
+            r.vt(step.name, step.args)
+    manifest = {"profile": profile.name, "vist_root": str(profile.vist_root), "runs": r.runs, "timings_s": r.timings,
                 "rows": [{"id": row.id, "label": row.label.format(lora_epochs=profile.lora_epochs)} for row in ROWS],
                 "boards": list(BOARDS), "lora_epochs": profile.lora_epochs}
     (report_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return build_report(report_dir, runs_dir, manifest)
 
 
-def main(profile_name: str, reports: Path = Path("reports"), runs: Path = Path("runs"), reuse: bool = False) -> int:
+def main(profile_name: str, reports: Path = Path("reports"), runs: Path = Path("runs"), reuse: bool = False,
+         backbones: dict[str, str | None] | None = None) -> int:
+    """Check everything the profile needs (one `error:` line per problem, exit 2, nothing run), then
+    run it. `backbones`: specs (e.g. local directories) to use instead of the profile's, by role."""
+    from visiontales.preflight import preflight
+
     available = profiles()
     if profile_name not in available:
         raise VisionTalesError(f"unknown profile '{profile_name}' (choose {' or '.join(available)})")
     profile = available[profile_name]
-    if profile_name == "paper":
-        problems = missing_for_paper(profile)
-        if problems:
-            for line in problems:
-                print(f"error: {line}", file=sys.stderr)
-            return 2
+    profile.backbones.update({role: spec for role, spec in (backbones or {}).items() if spec})
+    problems = preflight(profile)
+    if problems:
+        for line in problems:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
     start = time.time()
     page = run_profile(profile, reports / profile_name, runs / profile_name, reuse)
     print(f"wrote {page} in {(time.time() - start) / 60:.1f} min")
