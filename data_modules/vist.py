@@ -172,11 +172,31 @@ def clip_transform(image_size: int = 224, mean: Iterable[float] = CLIP_MEAN,
     ])
 
 
-def load_image(path: Path, transform: T.Compose) -> torch.Tensor:
-    """One image file as a (3, H, W) float tensor; a file that fails to decode names itself."""
+def upright_rgb(img: Image.Image) -> Image.Image:
+    """The picture as shown, in 8-bit RGB from any mode; `img` is decoded and turned in place.
+
+    The EXIF orientation is applied (`ImageOps.exif_transpose`); an EXIF block Pillow cannot
+    handle leaves the pixels as stored. Palette transparency goes through RGBA (same colours, no
+    warning); 16-bit grey is scaled to 8 bits rather than clipped.
+    """
+    img.load()  # decode errors are the caller's to report, not swallowed as EXIF errors below
     try:
-        with Image.open(path) as img:  # a GIF opens at its first frame
-            return transform(ImageOps.exif_transpose(img).convert("RGB"))  # upright, as the camera held it
+        ImageOps.exif_transpose(img, in_place=True)
+    except Exception:  # malformed EXIF (many kinds); rewriting it can fail after the pixels turned
+        pass
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    elif img.mode.startswith("I"):
+        img = img.convert("I").point(lambda v: v / 256, "L")
+    return img.convert("RGB")
+
+
+def load_image(path: Path, transform: T.Compose) -> torch.Tensor:
+    """One image file as a (3, H, W) float tensor, upright and RGB (`upright_rgb`; a GIF at its
+    first frame); a file that fails to decode names itself."""
+    try:
+        with Image.open(path) as img:
+            return transform(upright_rgb(img))
     except (UnidentifiedImageError, OSError) as e:
         raise VisionTalesError(f"{path}: cannot decode image ({e})") from e
 
@@ -263,15 +283,16 @@ class VISTDataModule(SplitDataModule):
     def preprocessing_key(self) -> str:
         """What the image tensors depend on besides the file: part of the feature-cache key."""
         h = self.hparams
-        return f"clip-transform/size={h.image_size}/mean={tuple(h.image_mean)}/std={tuple(h.image_std)}/bicubic"
+        return (f"clip-transform/size={h.image_size}/mean={tuple(h.image_mean)}/std={tuple(h.image_std)}"
+                f"/bicubic/upright-rgb")
 
     def build_split(self, split: str) -> tuple[VISTSequences, SplitReport]:
         sequences, report = build_sequences(self.root, split, self.hparams.windows, self.hparams.text_field)
         wanted = self.hparams.train_sequences
         if split == "train" and wanted is not None:
-            if wanted >= len(sequences):
+            if wanted > len(sequences):
                 LOG.warning(f"VIST train: train_sequences={wanted} but {len(sequences)} are kept: training on all")
-            else:
+            elif wanted < len(sequences):
                 chosen = sorted(random.Random(self.hparams.subset_seed).sample(range(len(sequences)), wanted))
                 sequences = [sequences[i] for i in chosen]
                 report.counts["in_subset"] = wanted
