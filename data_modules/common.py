@@ -4,15 +4,17 @@ reported, stage -> splits, loader options."""
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import shutil
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
-from visiontales.errors import VisionTalesError
+from visiontales.errors import UnreadableItem, VisionTalesError
 
 log = logging.getLogger(__name__)
 
@@ -22,28 +24,73 @@ SPLITS = ("train", "val", "test")
 @dataclass
 class SplitReport:
     """What one split of a dataset yielded: counts in the order they are found and kept (e.g.
-    {"stories": 96, "sequences": 93}), dropped items by reason, and, when nothing was usable, why."""
+    {"stories": 96, "sequences": 93}), dropped items (sequences, stories) by their first problem,
+    every defective part (photo, clip, sentence) by reason with its id and what is wrong with it,
+    and, when nothing was usable, why."""
 
     reasons: tuple[str, ...]  # every drop reason this dataset knows, reported even when zero
     counts: dict[str, int] = field(default_factory=dict)
     dropped: Counter = field(default_factory=Counter)
     problem: str = ""
+    defects: defaultdict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
+    defect_reasons: tuple[str, ...] = ()  # the reasons a part can have, reported even when zero
 
-    def as_dict(self) -> dict[str, Any]:
-        return {**self.counts, "dropped": {reason: self.dropped.get(reason, 0) for reason in self.reasons}}
+    def as_dict(self, list_bad: bool = False) -> dict[str, Any]:
+        report = {**self.counts, "dropped": {reason: self.dropped.get(reason, 0) for reason in self.reasons},
+                  "defects": {reason: len(self.defects.get(reason, {})) for reason in self.defect_reasons}}
+        if list_bad:
+            report["bad"] = {reason: dict(self.defects.get(reason, {})) for reason in self.defect_reasons}
+        return report
 
     def summary(self) -> str:
         counts = ", ".join(f"{n} {name}" for name, n in self.counts.items())
-        return f"{counts} kept; dropped: " + ", ".join(f"{r}={self.dropped.get(r, 0)}" for r in self.reasons)
+        defects = ", ".join(f"{r}={len(self.defects.get(r, {}))}" for r in self.defect_reasons)
+        return (f"{counts} kept; dropped: " + ", ".join(f"{r}={self.dropped.get(r, 0)}" for r in self.reasons)
+                + (f"; defective parts: {defects}" if defects else ""))
+
+    def log_defects(self, where: str, reasons: tuple[str, ...], shown: int = 10) -> None:
+        """One warning per defective part of these reasons (the first `shown`), naming its file."""
+        bad = [(r, detail) for r in reasons for detail in self.defects.get(r, {}).values()]
+        for reason, detail in bad[:shown]:
+            log.warning("%s: %s: %s (dropped)", where, reason, detail)
+        if len(bad) > shown:
+            log.warning("%s: and %d more (`visiontales data check --list-bad` lists them all)", where, len(bad) - shown)
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors along a new batch dim; keep everything else as per-item lists."""
-    batch = {}
+    """Stack tensors along a new batch dim; keep everything else as per-item lists. Items that
+    stood in for unreadable ones (`SkippingDataset`) pass their notes on as `batch["skipped"]`."""
+    skipped = [note for item in items for note in item.pop(SKIPPED, [])]
+    batch = {SKIPPED: skipped} if skipped else {}
     for key in items[0]:
         values = [item[key] for item in items]
         batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
     return batch
+
+
+SKIPPED = "skipped"
+
+
+class SkippingDataset(Dataset):
+    """A dataset whose items never end a run: when `load_item(i)` raises `UnreadableItem`, the next
+    readable item stands in and carries a note (`"skipped"`, one line per skipped file) that the
+    model reports at the end of the epoch (`VisionTalesModule`)."""
+
+    def load_item(self, index: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        notes = []
+        for step in range(len(self)):
+            try:
+                item = self.load_item((index + step) % len(self))
+            except UnreadableItem as e:
+                notes.append(str(e))
+                continue
+            if notes:
+                item[SKIPPED] = notes
+            return item
+        raise VisionTalesError(f"no item of the dataset can be read any more, e.g. {notes[0]}")
 
 
 class SplitDataModule(L.LightningDataModule):
@@ -103,9 +150,37 @@ class SplitDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         # workers are not persistent: each epoch's are seeded from the main process's RNG, which a
         # checkpoint restores, so a resumed run draws the prefix lengths and frames a straight one would
-        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle,
+        dataset, sampler = self.datasets[split], None
+        trainer = self.trainer
+        if not shuffle and trainer is not None and trainer.world_size > 1:
+            # evaluation under DDP: each item on one rank, none repeated to even the ranks out (as
+            # Lightning's DistributedSampler would), so metrics equal a single process's
+            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size,
+                                                   rank=trainer.global_rank, shuffle=False)
+        if self.hparams.num_workers:
+            self.check_shared_memory(split, batch_size)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
                           num_workers=self.hparams.num_workers, pin_memory=self.hparams.pin_memory,
                           collate_fn=collate)
+
+    def check_shared_memory(self, split: str, batch_size: int, prefetch_factor: int = 2) -> None:
+        """Workers hand batches over through /dev/shm (a container's default: 64 MB): fail now, in
+        one line, if the batches in flight (one item's tensors x batch x workers x prefetched)
+        would not fit, rather than with a killed worker later."""
+        try:
+            free = shutil.disk_usage("/dev/shm").free
+        except OSError:
+            return  # no /dev/shm (not Linux): nothing to check
+        item = self.datasets[split][0]
+        batch_bytes = batch_size * sum(v.numel() * v.element_size() for v in item.values() if torch.is_tensor(v))
+        need = batch_bytes * self.hparams.num_workers * prefetch_factor
+        if need > free:
+            mb = 2**20
+            raise VisionTalesError(
+                f"{self.name} {split} loader: {self.hparams.num_workers} workers x {prefetch_factor} batches of "
+                f"{batch_bytes / mb:.0f} MB need {need / mb:.0f} MB of shared memory and /dev/shm has "
+                f"{free / mb:.0f} MB free: give the container more (docker run --shm-size=8g) or lower "
+                f"--data.init_args.num_workers (0: no workers) or the batch size")
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.hparams.batch_size)

@@ -29,10 +29,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
-from data_modules.common import SPLITS, SplitDataModule, SplitReport
-from visiontales.errors import VisionTalesError
+from data_modules.common import SPLITS, SkippingDataset, SplitDataModule, SplitReport
+from visiontales.errors import UnreadableItem, VisionTalesError
 from visiontales.vocabulary import MAIN_CHARACTERS, STORY_LENGTH
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,8 @@ LABELS = "labels.pkl"
 FRAMES_DIR = "video_frames_sampled"
 FRAMES = 5
 FRAME_SHAPE = (FRAMES, 128, 128, 3)
-DROP_REASONS = ("missing_frames", "bad_frames", "empty_caption", "no_followers")
+DEFECT_REASONS = ("missing_frames", "bad_frames", "empty_caption")  # of a clip; a story is dropped for its first
+DROP_REASONS = (*DEFECT_REASONS, "no_followers")
 
 
 def main_character_labels(characters: list[dict]) -> np.ndarray:
@@ -128,30 +128,39 @@ class FlintstonesIndex:
             self.followings: dict[str, list[str]] = _load_pickle(self.root / FOLLOWINGS)
         else:  # StoryDALL-E's rebuild: over every clip the split file names
             self.followings = rebuild_following_cache([c for ids in self.splits.values() for c in ids])
-        self._frames_ok: dict[str, str] = {}
+        self._frame_defects: dict[str, tuple[str, str]] = {}
 
     def frames_path(self, clip: str) -> Path:
         return self.root / FRAMES_DIR / f"{clip}.npy"
 
-    def frames_problem(self, clip: str) -> str:
-        """"" when the clip's frames file exists with shape (5, 128, 128, 3) uint8, else the reason."""
-        if clip not in self._frames_ok:
+    def clip_defects(self, clip: str) -> list[tuple[str, str]]:
+        """Every defect of one clip as (reason, what is wrong): its frames file missing, or not
+        (5, 128, 128, 3) uint8 (the header is read, memory-mapped), its caption empty or absent."""
+        if clip not in self._frame_defects:
             path = self.frames_path(clip)
             if not path.exists():
-                self._frames_ok[clip] = "missing_frames"
+                self._frame_defects[clip] = ("missing_frames", str(path))
             else:
                 try:
                     frames = np.load(path, mmap_mode="r")  # reads the header only
+                    found = f"{tuple(frames.shape)} {frames.dtype}"
                     ok = frames.shape == FRAME_SHAPE and frames.dtype == np.uint8
-                except (ValueError, OSError, pickle.UnpicklingError):
-                    ok = False
-                self._frames_ok[clip] = "" if ok else "bad_frames"
-        return self._frames_ok[clip]
+                except (ValueError, OSError, EOFError, pickle.UnpicklingError) as e:
+                    found, ok = f"not a readable .npy ({type(e).__name__}: {e})", False
+                self._frame_defects[clip] = ("", "") if ok else (
+                    "bad_frames", f"{path}: {found}, expected {FRAME_SHAPE} uint8")
+        defects = [self._frame_defects[clip]] if self._frame_defects[clip][0] else []
+        if clip not in self.clips:
+            defects.append(("empty_caption", f"{clip}: not in {ANNOTATIONS}"))
+        elif not self.clips[clip].caption:
+            defects.append(("empty_caption", f"{clip}: empty description in {ANNOTATIONS}"))
+        return defects
 
     def stories(self, split: str) -> tuple[list[list[str]], SplitReport]:
-        """The split's stories (5 clip ids each) and the report of what was dropped and why."""
+        """The split's stories (5 clip ids each) and the report: each dropped story under its
+        first problem, and every defect of every clip of the split's stories, by clip id."""
         ids = self.splits.get(split, [])
-        report = SplitReport(DROP_REASONS, {"clips": len(ids)})
+        report = SplitReport(DROP_REASONS, {"clips": len(ids)}, defect_reasons=DEFECT_REASONS)
         kept = []
         for clip in ids:
             followers = self.followings.get(clip)
@@ -159,16 +168,18 @@ class FlintstonesIndex:
                 report.dropped["no_followers"] += 1
                 continue
             story = [clip, *followers[: STORY_LENGTH - 1]]
-            problems = [self.frames_problem(c) for c in story]
-            if "missing_frames" in problems:
-                report.dropped["missing_frames"] += 1
-            elif "bad_frames" in problems:
-                report.dropped["bad_frames"] += 1
-            elif not all(c in self.clips and self.clips[c].caption for c in story):
-                report.dropped["empty_caption"] += 1
+            reasons = set()
+            for c in story:
+                for reason, detail in self.clip_defects(c):
+                    report.defects[reason][c] = detail
+                    reasons.add(reason)
+            first = next((r for r in DEFECT_REASONS if r in reasons), None)
+            if first:
+                report.dropped[first] += 1
             else:
                 kept.append(story)
         report.counts["stories"] = len(kept)
+        report.log_defects(f"FlintstonesSV {split}", DEFECT_REASONS)
         if not kept:
             frames_dir = self.root / FRAMES_DIR
             if ids and not frames_dir.is_dir():
@@ -179,20 +190,25 @@ class FlintstonesIndex:
         return kept, report
 
 
-def check_dataset(root: str | Path) -> dict[str, Any]:
-    """The report of `visiontales data check --dataset flintstones`."""
+def check_dataset(root: str | Path, list_bad: bool = False, workers: int | None = None) -> dict[str, Any]:
+    """The report of `visiontales data check --dataset flintstones`; with `list_bad`, each split's
+    defective clips by id (`bad`). (`workers`: unused, the frames files' headers are read here.)"""
     index = FlintstonesIndex(root)
     reports = {split: index.stories(split)[1] for split in index.splits}
     if not any(r.counts["stories"] for r in reports.values()):
         problems = [r.problem for r in reports.values()] or [f"{Path(root) / SPLIT_FILE}: no split listed"]
         raise VisionTalesError(problems[0])
-    return {"dataset": "flintstones", "splits": {split: r.as_dict() for split, r in reports.items()}}
+    return {"dataset": "flintstones", "splits": {split: r.as_dict(list_bad) for split, r in reports.items()}}
 
 
 def read_frame(path: Path, t: int, resolution: int) -> torch.Tensor:
     """Frame t of a frames file (memory-mapped) as (3, R, R) in [-1, 1]."""
-    frames = np.load(path, mmap_mode="r")
-    image = torch.from_numpy(np.array(frames[t])).permute(2, 0, 1).float() / 127.5 - 1.0
+    try:
+        frames = np.load(path, mmap_mode="r")
+        frame = np.array(frames[t])
+    except (ValueError, OSError, EOFError, IndexError, pickle.UnpicklingError) as e:
+        raise UnreadableItem(f"{path}: cannot read frame {t} ({type(e).__name__}: {e})") from e
+    image = torch.from_numpy(frame).permute(2, 0, 1).float() / 127.5 - 1.0
     if resolution != image.shape[-1]:
         image = F.interpolate(image[None], size=(resolution, resolution), mode="bilinear", antialias=True,
                               align_corners=False)[0]
@@ -204,7 +220,7 @@ def eval_prefix_length(story_id: str, max_prefix: int, seed: int) -> int:
     return zlib.crc32(f"{seed}:{story_id}".encode()) % (max_prefix + 1)
 
 
-class FlintstonesStories(Dataset):
+class FlintstonesStories(SkippingDataset):
     """Items: `story_id`, `clip_ids` (5), `texts` (5), `settings` (5), `characters` (5x7 float),
     `prefix_len` (k), `frame_index` (5: the frame drawn from each clip), and unless images are
     dropped `images` (5x3xRxR float in [-1, 1])."""
@@ -218,7 +234,7 @@ class FlintstonesStories(Dataset):
     def __len__(self) -> int:
         return len(self.stories)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def load_item(self, i: int) -> dict[str, Any]:
         story = self.stories[i]
         clips = [self.index.clips[c] for c in story]
         k = random.randint(0, self.max_prefix) if self.train else eval_prefix_length(story[0], self.max_prefix, self.seed)

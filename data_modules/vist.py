@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 
-from data_modules.common import SPLITS, SplitDataModule, SplitReport
+from data_modules.common import SPLITS, SkippingDataset, SplitDataModule, SplitReport
+from data_modules.images import check_images, load_image
 from visiontales.errors import VisionTalesError
 
 LOG = logging.getLogger("data_modules")
@@ -95,47 +94,47 @@ def index_images(image_dir: Path) -> dict[str, Path]:
     return {entry.stem: entry for entry in image_dir.iterdir() if entry.suffix.lower() in IMAGE_EXTENSIONS}
 
 
-def is_readable(path: Path) -> bool:
-    """Whether PIL recognises the file and its structure is intact (no full decode)."""
-    try:
-        with Image.open(path) as img:
-            img.verify()
-        return True
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return False
-
-
 def build_sequences(root: Path, split: str, windows: Literal["first", "all"] = "first",
-                    text_field: str = "text") -> tuple[list[Sequence], SplitReport]:
-    """Three-image sequences of one split and the report of what was kept and dropped."""
+                    text_field: str = "text", check_workers: int | None = None) -> tuple[list[Sequence], SplitReport]:
+    """Three-image sequences of one split and the report of what was kept and dropped: each
+    sequence under its first problem (a missing, then an unreadable photo, then an empty sentence),
+    and in `defects` every missing or unreadable photo and every empty sentence by its id."""
     stories = read_stories(sis_path(root, split), text_field)
     image_dir = root / "images" / split
     images = index_images(image_dir)
-    readable: dict[str, bool] = {}
-    report = SplitReport(DROP_REASONS, {"stories": len(stories)})
+    report = SplitReport(DROP_REASONS, {"stories": len(stories)}, defect_reasons=DROP_REASONS)
+    windows_of = {story_id: [story[start:start + SEQUENCE_LENGTH] for start in
+                             ([0] if windows == "first" else range(len(story) - SEQUENCE_LENGTH + 1))]
+                  for story_id, story in sorted(stories.items())}
+    used = {p for story in windows_of.values() for window in story if len(window) == SEQUENCE_LENGTH
+            for p, _ in window}
+    problems = check_images({p: images[p] for p in sorted(used) if p in images}, check_workers,
+                            desc=f"checking {split} photos")
+    for p in sorted(used):
+        if p not in images:
+            report.defects["missing_image"][p] = f"{image_dir}: no {p}{'|'.join(IMAGE_EXTENSIONS)}"
+        elif problems[p]:
+            report.defects["unreadable_image"][p] = f"{images[p]}: {problems[p]}"
     sequences = []
-    for story_id, story in sorted(stories.items()):
-        starts = [0] if windows == "first" else range(len(story) - SEQUENCE_LENGTH + 1)
-        for start in starts:
-            window = story[start:start + SEQUENCE_LENGTH]
+    for story_id, story_windows in windows_of.items():
+        for window in story_windows:
             if len(window) < SEQUENCE_LENGTH:
                 continue
             photo_ids = [p for p, _ in window]
             texts = [t for _, t in window]
+            for p, t in window:
+                if not t:
+                    report.defects["empty_caption"][f"{story_id}/{p}"] = f"{sis_path(root, split)}: story {story_id}, photo {p}"
             if any(p not in images for p in photo_ids):
                 report.dropped["missing_image"] += 1
-                continue
-            for p in photo_ids:
-                if p not in readable:
-                    readable[p] = is_readable(images[p])
-            if not all(readable[p] for p in photo_ids):
+            elif any(problems[p] for p in photo_ids):
                 report.dropped["unreadable_image"] += 1
-                continue
-            if not all(texts):
+            elif not all(texts):
                 report.dropped["empty_caption"] += 1
-                continue
-            sequences.append(Sequence(story_id, photo_ids, texts, [images[p] for p in photo_ids]))
+            else:
+                sequences.append(Sequence(story_id, photo_ids, texts, [images[p] for p in photo_ids]))
     report.counts["sequences"] = len(sequences)
+    report.log_defects(f"VIST {split}", ("unreadable_image",))
     if not sequences:
         if not image_dir.is_dir():
             report.problem = f"{image_dir}: image folder not found (expected images/{split}/<photo_id>.jpg)"
@@ -145,19 +144,21 @@ def build_sequences(root: Path, split: str, windows: Literal["first", "all"] = "
     return sequences, report
 
 
-def check_dataset(root: str | Path, windows: Literal["first", "all"] = "first") -> dict[str, Any]:
-    """The report of `visiontales data check --dataset vist`: per split found on disk."""
+def check_dataset(root: str | Path, windows: Literal["first", "all"] = "first", list_bad: bool = False,
+                  workers: int | None = None) -> dict[str, Any]:
+    """The report of `visiontales data check --dataset vist`: per split found on disk; with
+    `list_bad`, each split's defective photos and sentences by id (`bad`)."""
     root = Path(root)
     if not root.is_dir():
         raise VisionTalesError(f"{root}: dataset folder not found")
-    reports = {split: build_sequences(root, split, windows)[1]
+    reports = {split: build_sequences(root, split, windows, check_workers=workers)[1]
                for split in SPLITS if sis_path(root, split).exists()}
     if not reports:
         raise VisionTalesError(f"{root / 'annotations' / 'sis'}: no <split>.story-in-sequence.json found "
                                f"for any of {', '.join(SPLITS)}")
     if not any(r.counts["sequences"] for r in reports.values()):
         raise VisionTalesError(next(iter(reports.values())).problem)
-    return {"dataset": "vist", "splits": {split: r.as_dict() for split, r in reports.items()}}
+    return {"dataset": "vist", "splits": {split: r.as_dict(list_bad) for split, r in reports.items()}}
 
 
 def clip_transform(image_size: int = 224, mean: Iterable[float] = CLIP_MEAN,
@@ -172,36 +173,7 @@ def clip_transform(image_size: int = 224, mean: Iterable[float] = CLIP_MEAN,
     ])
 
 
-def upright_rgb(img: Image.Image) -> Image.Image:
-    """The picture as shown, in 8-bit RGB from any mode; `img` is decoded and turned in place.
-
-    The EXIF orientation is applied (`ImageOps.exif_transpose`); an EXIF block Pillow cannot
-    handle leaves the pixels as stored. Palette transparency goes through RGBA (same colours, no
-    warning); 16-bit grey is scaled to 8 bits rather than clipped.
-    """
-    img.load()  # decode errors are the caller's to report, not swallowed as EXIF errors below
-    try:
-        ImageOps.exif_transpose(img, in_place=True)
-    except Exception:  # malformed EXIF (many kinds); rewriting it can fail after the pixels turned
-        pass
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    elif img.mode.startswith("I"):
-        img = img.convert("I").point(lambda v: v / 256, "L")
-    return img.convert("RGB")
-
-
-def load_image(path: Path, transform: T.Compose) -> torch.Tensor:
-    """One image file as a (3, H, W) float tensor, upright and RGB (`upright_rgb`; a GIF at its
-    first frame); a file that fails to decode names itself."""
-    try:
-        with Image.open(path) as img:
-            return transform(upright_rgb(img))
-    except (UnidentifiedImageError, OSError) as e:
-        raise VisionTalesError(f"{path}: cannot decode image ({e})") from e
-
-
-class VISTSequences(Dataset):
+class VISTSequences(SkippingDataset):
     """Items for training (one per sequence) or evaluation (one per distinct photo sequence).
 
     An item is a dict: `story_id` (str), `photo_ids` (3 str), `texts` (3 str, story order),
@@ -225,7 +197,7 @@ class VISTSequences(Dataset):
     def __len__(self) -> int:
         return len(self.groups)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def load_item(self, index: int) -> dict[str, Any]:
         group = self.groups[index]
         seq = group[0]
         item = {"story_id": seq.story_id, "photo_ids": list(seq.photo_ids), "texts": list(seq.texts),
@@ -285,6 +257,16 @@ class VISTDataModule(SplitDataModule):
         h = self.hparams
         return (f"clip-transform/size={h.image_size}/mean={tuple(h.image_mean)}/std={tuple(h.image_std)}"
                 f"/bicubic/upright-rgb")
+
+    def prepare_data(self) -> None:
+        """Decode every photo the stories name, once, in worker processes (`check_images`): Lightning
+        runs this on one process per machine before any process's `setup`, which then reads the kept
+        verdicts in seconds."""
+        for split in SPLITS:
+            if sis_path(self.root, split).exists():
+                images = index_images(self.root / "images" / split)
+                named = {p for story in read_stories(sis_path(self.root, split)).values() for p, _ in story}
+                check_images({p: images[p] for p in sorted(named) if p in images}, desc=f"checking {split} photos")
 
     def build_split(self, split: str) -> tuple[VISTSequences, SplitReport]:
         sequences, report = build_sequences(self.root, split, self.hparams.windows, self.hparams.text_field)

@@ -57,9 +57,11 @@ def test_check_counts_every_drop_reason(flintstones_root):
     # 16 train episodes of 14 clips: 10 stories each, minus 5 per defect; the last 4 clips of each
     # episode and the clip the annotations lack have no 4 followers
     assert report["splits"]["train"] == {"clips": 225, "stories": 16 * 10 - 15, "dropped": {
-        "missing_frames": 5, "bad_frames": 5, "empty_caption": 5, "no_followers": 16 * 4 + 1}}
+        "missing_frames": 5, "bad_frames": 5, "empty_caption": 5, "no_followers": 16 * 4 + 1},
+        "defects": {"missing_frames": 1, "bad_frames": 1, "empty_caption": 1}}  # one clip each, in 5 stories
     assert report["splits"]["val"] == {"clips": 28, "stories": 20, "dropped": {
-        "missing_frames": 0, "bad_frames": 0, "empty_caption": 0, "no_followers": 8}}
+        "missing_frames": 0, "bad_frames": 0, "empty_caption": 0, "no_followers": 8},
+        "defects": {"missing_frames": 0, "bad_frames": 0, "empty_caption": 0}}
 
 
 def test_rebuilt_followings_and_derived_labels_equal_the_pickles(flintstones_root, tmp_path):

@@ -183,7 +183,8 @@ def test_cache_serves_the_same_latents_and_skips_the_encoders(flintstones_root, 
     assert "images" not in dm.datasets["train"][0] and "images" in dm.datasets["val"][0]
     item = dm.datasets["val"][0]
     key = f"{item['clip_ids'][0]}#{int(item['frame_index'][0])}"
-    assert torch.allclose(model.latent_cache[key], model.sd.encode_frames(item["images"][:1])[0], atol=1e-5)
+    posterior = model.sd.encode_frames(item["images"][:1])[0]
+    assert torch.allclose(model.latent_cache[key], posterior, atol=2e-3)  # kept in fp16
     calls = []
     monkeypatch.setattr(model.sd.vae, "encode", lambda *a, **k: calls.append("vae"))
     monkeypatch.setattr(model.sd.text_encoder, "forward", lambda *a, **k: calls.append("text"))

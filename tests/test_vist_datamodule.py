@@ -12,7 +12,8 @@ def test_check_counts_every_drop_reason(vist_root):
     assert report["dataset"] == "vist"
     assert report["splits"]["train"] == {
         "stories": 96, "sequences": 93,
-        "dropped": {"missing_image": 1, "unreadable_image": 1, "empty_caption": 1}}
+        "dropped": {"missing_image": 1, "unreadable_image": 1, "empty_caption": 1},
+        "defects": {"missing_image": 1, "unreadable_image": 1, "empty_caption": 1}}
     assert report["splits"]["val"]["sequences"] == 12
     assert report["splits"]["test"]["dropped"] == {"missing_image": 0, "unreadable_image": 0, "empty_caption": 0}
 

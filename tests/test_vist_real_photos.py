@@ -16,13 +16,14 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.transforms import v2 as T
 
+from data_modules.images import load_image
 from data_modules.synthetic import (
     REAL_PHOTO_SIZES,
     draw_photo,
     save_real_photo,
     write_synthetic_vist,
 )
-from data_modules.vist import IMAGE_EXTENSIONS, VISTDataModule, clip_transform, load_image
+from data_modules.vist import IMAGE_EXTENSIONS, VISTDataModule, clip_transform
 from visiontales.errors import VisionTalesError
 
 AS_STORED = T.Compose([T.ToImage(), T.ToDtype(torch.float32, scale=True)])  # no resize, no crop
@@ -43,7 +44,7 @@ def warnings_logged():
     """WARNING records of the "data_modules" logger (attached there: the CLI stops propagation)."""
     handler, logger = _Records(), logging.getLogger("data_modules")
     logger.addHandler(handler)
-    yield lambda: [r.getMessage() for r in handler.records if r.levelno == logging.WARNING]
+    yield lambda: [r.getMessage() for r in handler.records if r.levelno == logging.WARNING and "train_sequences" in r.getMessage()]
     logger.removeHandler(handler)
 
 

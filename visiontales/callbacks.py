@@ -4,6 +4,7 @@ prediction files, epoch snapshots), and the random states an exact resume needs.
 from __future__ import annotations
 
 import json
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,10 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
+
+from data_modules.common import SKIPPED
+
+log = logging.getLogger(__name__)
 
 
 class TextSamples(L.Callback):
@@ -42,6 +47,51 @@ class TextSamples(L.Callback):
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         lines += ["| " + " | ".join(str(row[c]).replace("|", "\\|") for c in columns) + " |" for row in self.rows]
         experiment.add_text(self.tag, "\n".join(lines), global_step=trainer.global_step)
+
+
+class SkippedItems(L.Callback):
+    """Takes the notes of items that could not be read (files changed after the data check; see
+    `data_modules.common.SkippingDataset`) off each batch and says at the end of the epoch how many
+    were skipped and which, so a damaged file costs one item, not the run."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def _take(self, batch: Any) -> None:
+        if isinstance(batch, dict):
+            self.notes += batch.pop(SKIPPED, [])
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._take(batch)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._take(batch)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._take(batch)
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._take(batch)
+
+    def _report(self, trainer: L.Trainer, what: str) -> None:
+        if self.notes:
+            rank = f" (rank {trainer.global_rank})" if trainer.world_size > 1 else ""
+            shown = "; ".join(self.notes[:5]) + ("; ..." if len(self.notes) > 5 else "")
+            log.warning(f"{what}{rank}: {len(self.notes)} item(s) could not be read and were skipped, "
+                        f"another item standing in (run `visiontales data check`): {shown}")
+        self.notes = []
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._report(trainer, f"epoch {trainer.current_epoch}")
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self._report(trainer, "validation")
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self._report(trainer, "test")
+
+    def on_predict_epoch_end(self, trainer, pl_module) -> None:
+        self._report(trainer, "predict")
 
 
 class JSONPredictionWriter(BasePredictionWriter):

@@ -3,7 +3,7 @@
 
     visiontales fit --config experiments/clip_storyteller.yaml [--trainer.max_epochs 3 ...]
     visiontales data synth --dataset vist --out data/vist-synthetic
-    visiontales data check --dataset vist|flintstones --root DIR [--json]
+    visiontales data check --dataset vist|flintstones --root DIR [--json] [--list-bad]
     visiontales tell --checkpoint runs/.../last.ckpt a.jpg b.jpg c.jpg
 
 User mistakes (a bad file, key, value or path) end in one line `error: ...` and exit status 2.
@@ -79,15 +79,21 @@ def data_synth(opts: argparse.Namespace) -> int:
 
 def data_check(opts: argparse.Namespace) -> int:
     _, check = _datasets()[opts.dataset]
-    report = check(opts.root)
+    report = check(opts.root, list_bad=opts.list_bad, workers=opts.workers)
     if opts.json:
         print(json.dumps(report))
         return 0
     print(f"{opts.dataset} at {opts.root}")
     for split, r in report["splits"].items():
-        counts = ", ".join(f"{k} {v}" for k, v in r.items() if k != "dropped")
+        counts = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("dropped", "defects", "bad"))
         dropped = ", ".join(f"{k} {v}" for k, v in r["dropped"].items())
-        print(f"  {split:<5} {counts}; dropped: {dropped}")
+        defects = ", ".join(f"{k} {v}" for k, v in r["defects"].items())
+        print(f"  {split:<5} {counts}; dropped: {dropped}; defective parts: {defects}")
+    if opts.list_bad:
+        for split, r in report["splits"].items():
+            for reason, items in r["bad"].items():
+                for item, detail in items.items():
+                    print(f"{split}\t{reason}\t{item}\t{detail}")
     return 0
 
 
@@ -100,7 +106,8 @@ def placement(opts: argparse.Namespace):
 def tell(opts: argparse.Namespace) -> int:
     import torch
 
-    from data_modules.vist import clip_transform, load_image
+    from data_modules.images import load_image
+    from data_modules.vist import clip_transform
     from visiontales.backbones import clip_preprocessing
     from visiontales.models.base import load_model
     from visiontales.models.storyteller import CLIPStoryteller
@@ -353,11 +360,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "BMP, grayscale, CMYK, EXIF-rotated)")
     c.add_argument("--episodes", type=int, default=80, help="FlintstonesSV: episodes to write (14 clips each)")
     c.set_defaults(run=data_synth)
-    c = data.add_parser("check", help="validate a dataset folder; report kept and dropped items per split",
-                        description="Validate a dataset folder; report kept and dropped items per split.")
+    c = data.add_parser("check", help="validate a dataset folder; report kept and dropped items and defects per split",
+                        description="Validate a dataset folder the way training reads it (every photo decoded "
+                                    "upright in RGB; every frames file's shape); report per split the items kept, "
+                                    "those dropped by their first problem, and every defective photo, clip or "
+                                    "sentence by reason. Exit 0 unless no split has a usable item.")
     c.add_argument("--dataset", choices=datasets, required=True)
     c.add_argument("--root", type=Path, required=True, help="the dataset folder")
     c.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    c.add_argument("--list-bad", action="store_true",
+                   help="also list every defective photo, clip or sentence (split, reason, id, what is wrong): "
+                        "tab-separated lines after the table, or under 'bad' in the JSON")
+    c.add_argument("--workers", type=int, default=None,
+                   help="VIST: processes that decode unchecked photos (default: up to 16 when there are 64 or more; "
+                        "0: this process); verdicts are kept, so a second check takes seconds")
     c.set_defaults(run=data_check)
 
     c = commands.add_parser("tell", parents=[on_device], help="print a story for three image files with a trained CLIPStoryteller",

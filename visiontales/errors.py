@@ -7,3 +7,8 @@ class VisionTalesError(Exception):
     The message must name the file, key or value at fault; the CLI prints it as one line
     (`error: <message>`) and exits with status 2.
     """
+
+
+class UnreadableItem(VisionTalesError):
+    """An item's file could not be read although the data check passed it (it changed since); the
+    data modules skip such an item and report it (`data_modules.common.SkippingDataset`)."""

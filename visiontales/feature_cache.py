@@ -1,8 +1,17 @@
-"""A disk cache of frozen-encoder features, so expensive frozen work is done once.
+"""A disk cache of frozen-encoder outputs (CLIP image features, VAE posteriors, caption states), so
+expensive frozen work is done once, in shards that scale past RAM.
 
-One file per (encoder weights, preprocessing) key, holding item id -> (file signature, feature).
-The file signature (size, mtime) of the source image makes a regenerated or replaced image
-recompute instead of serving a stale feature.
+Under one key (encoder weights fingerprint + preprocessing) the items, sorted by id, are cut into
+shards of `shard_size`; a shard is one `.npy` array (n, *feature shape) in the cache's dtype, named
+by the hash of its items' ids and source-file signatures (size, mtime), written whole and then
+renamed into place. So:
+
+- a crash loses at most the shard being written: finished shards are found again by name;
+- a regenerated or replaced source file changes its shard's name: that shard is encoded again;
+- reading is lazy (`CachedFeatures`: a row read when asked for, through the page cache every
+  process shares), and building holds one shard in memory: peak RAM does not grow with the dataset;
+- with several processes (DDP) each encodes every `world_size`-th missing shard, then all meet at
+  the barrier and read every shard.
 """
 
 from __future__ import annotations
@@ -10,13 +19,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from visiontales.errors import VisionTalesError
+
 log = logging.getLogger(__name__)
+
+NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16}
 
 
 def file_signature(path: Path | None) -> tuple[int, int]:
@@ -38,46 +52,122 @@ class _Items(Dataset):
         return self.load(*self.items[index])
 
 
+class CachedFeatures(Mapping[str, torch.Tensor]):
+    """id -> feature (float32), each row read from its shard on demand (`os.pread` at the row's
+    offset: the kernel's page cache is shared by every process, and nothing stays mapped into this
+    one, so its memory does not grow with the dataset). Pickles as the index and file names only
+    (cheap to send to DataLoader workers, which open the shards themselves)."""
+
+    def __init__(self, files: list[Path], index: dict[str, tuple[int, int]]) -> None:
+        self.files, self.index = files, index
+        self._open: dict[int, tuple[int, int, int, np.dtype, tuple[int, ...]]] = {}
+
+    def _shard(self, i: int) -> tuple[int, int, int, np.dtype, tuple[int, ...]]:
+        """(file descriptor, data offset, bytes per row, dtype, row shape) of shard i."""
+        if i not in self._open:
+            with open(self.files[i], "rb") as f:
+                fmt = np.lib.format
+                header = fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) else fmt.read_array_header_2_0
+                shape, _, dtype = header(f)
+                offset = f.tell()
+            row_shape = tuple(shape[1:])
+            self._open[i] = (os.open(self.files[i], os.O_RDONLY), offset,
+                             int(np.prod(row_shape)) * dtype.itemsize, dtype, row_shape)
+        return self._open[i]
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        shard, row = self.index[key]
+        fd, offset, size, dtype, shape = self._shard(shard)
+        data = np.frombuffer(os.pread(fd, size, offset + row * size), dtype=dtype).reshape(shape)
+        return torch.from_numpy(data.astype(np.float32))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.index)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getstate__(self) -> dict:
+        return {"files": self.files, "index": self.index, "_open": {}}
+
+    def __del__(self) -> None:
+        for fd, *_ in getattr(self, "_open", {}).values():
+            os.close(fd)
+
+
 class FeatureCache:
-    """Features of files under one key (e.g. CLIP weights fingerprint + preprocessing)."""
+    """Features of many items under one key (e.g. CLIP weights fingerprint + preprocessing)."""
 
-    def __init__(self, directory: str | Path, key: str) -> None:
-        self.path = Path(directory) / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.pt"
-        self.key = key
+    def __init__(self, directory: str | Path, key: str, dtype: torch.dtype = torch.float32,
+                 shard_size: int = 1024) -> None:
+        if dtype not in NUMPY_DTYPES:
+            raise ValueError(f"cache dtype must be one of {list(NUMPY_DTYPES)}, got {dtype}")
+        self.key, self.dtype, self.shard_size = key, dtype, shard_size
+        self.root = Path(directory) / hashlib.sha1(f"{key}/{dtype}".encode()).hexdigest()[:20]
 
-    def _read(self) -> dict[str, tuple[tuple[int, int], torch.Tensor]]:
-        if not self.path.exists():
-            return {}
-        stored = torch.load(self.path, map_location="cpu", weights_only=True)
-        return stored["features"] if stored.get("key") == self.key else {}
+    def plan(self, paths: Mapping[str, Path | None]) -> list[tuple[Path, list[str]]]:
+        """(shard file, its ids) for every shard of these items."""
+        ids = sorted(paths)
+        shards = []
+        for start in range(0, len(ids), self.shard_size):
+            chunk = ids[start:start + self.shard_size]
+            digest = hashlib.sha1(self.key.encode())
+            for i in chunk:
+                digest.update(f"\n{i}\t{file_signature(paths[i])}".encode())
+            shards.append((self.root / f"{digest.hexdigest()[:24]}.npy", chunk))
+        return shards
 
-    def _write(self, features: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
-        torch.save({"key": self.key, "features": features}, tmp)
-        os.replace(tmp, self.path)  # atomic: readers see the old or the new file, never half of one
-
-    def get(self, paths: dict[str, Path | None], load: Callable[[str, Path | None], torch.Tensor],
+    def get(self, paths: Mapping[str, Path | None], load: Callable[[str, Path | None], torch.Tensor],
             encode: Callable[[torch.Tensor], torch.Tensor], *, batch_size: int = 64, num_workers: int = 0,
-            writer: bool = True, barrier: Callable[[], None] = lambda: None) -> dict[str, torch.Tensor]:
-        """Features for every id in `paths`, encoding only those not cached (or whose file changed).
-
-        `load(id, path)` gives the encoder's input for one id; `encode` maps a batch of them to
-        features.
-        With several processes, only the `writer` encodes and writes; the others wait at
-        `barrier` and read its file.
-        """
-        if writer:
-            cached = self._read()
-            stale = [i for i, p in paths.items() if i not in cached or cached[i][0] != file_signature(p)]
-            if stale:
-                log.info("feature cache %s: encoding %d of %d images", self.path, len(stale), len(paths))
-                loader = DataLoader(_Items([(i, paths[i]) for i in stale], load), batch_size=batch_size,
-                                    num_workers=num_workers)
-                encoded = torch.cat([encode(images).float().cpu() for images in loader])
-                for i, feature in zip(stale, encoded, strict=True):
-                    cached[i] = (file_signature(paths[i]), feature.clone())
-                self._write(cached)
+            rank: int = 0, world_size: int = 1, barrier: Callable[[], None] = lambda: None) -> CachedFeatures:
+        """Features for every id in `paths`, encoding only the shards not on disk (or whose files
+        changed). `load(id, path)` gives the encoder's input for one id; `encode` maps a batch of
+        them to features. Process `rank` of `world_size` encodes its share of the missing shards;
+        all wait at `barrier`, then read all."""
+        shards = self.plan(paths)
+        missing = [(i, shard) for i, shard in enumerate(shards) if not shard[0].exists()]
+        mine = [shard for i, shard in missing if i % world_size == rank]
+        if missing:
+            log.info("feature cache %s: %d of %d shards to encode (%d by this process)", self.root, len(missing),
+                     len(shards), len(mine))
+        if mine:
+            self._encode(mine, paths, load, encode, batch_size, num_workers)
         barrier()
-        cached = self._read()
-        return {i: cached[i][1] for i in paths}
+        absent = [str(file) for file, _ in shards if not file.exists()]
+        if absent:
+            raise VisionTalesError(f"feature cache {self.root}: {len(absent)} shard(s) were not written "
+                                   f"(e.g. {absent[0]}); did another process fail?")
+        return CachedFeatures([file for file, _ in shards],
+                              {i: (s, row) for s, (_, ids) in enumerate(shards) for row, i in enumerate(ids)})
+
+    def _encode(self, shards: list[tuple[Path, list[str]]], paths, load, encode, batch_size: int,
+                num_workers: int) -> None:
+        """Encode the items of `shards` in order, writing each shard as soon as it is complete."""
+        from tqdm import tqdm
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "key.txt").write_text(self.key + "\n")
+        items = [(i, paths[i]) for _, ids in shards for i in ids]
+        loader = DataLoader(_Items(items, load), batch_size=batch_size, num_workers=num_workers)
+        pending = iter(shards)
+        file, ids = next(pending)
+        rows: list[np.ndarray] = []
+        filled = 0
+        with tqdm(total=len(items), desc=f"caching {self.root.name}", unit="item", disable=None) as bar:
+            for batch in loader:
+                encoded = encode(batch).detach().float().to(self.dtype).cpu().numpy()
+                bar.update(len(encoded))
+                while len(encoded):
+                    take = len(ids) - filled
+                    rows.append(encoded[:take])
+                    encoded, filled = encoded[take:], filled + len(encoded[:take])
+                    if filled == len(ids):
+                        self._write(file, np.concatenate(rows))
+                        rows, filled = [], 0
+                        file, ids = next(pending, (None, []))
+
+    @staticmethod
+    def _write(file: Path, array: np.ndarray) -> None:
+        tmp = file.with_name(f"{file.stem}.tmp-{os.getpid()}.npy")
+        np.save(tmp, array)
+        os.replace(tmp, file)  # atomic: a shard is there whole or not at all

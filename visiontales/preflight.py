@@ -33,9 +33,9 @@ ALIASES = {"openai-community/gpt2": ("gpt2",), "gpt2": ("openai-community/gpt2",
            "runwayml/stable-diffusion-v1-5": ("stable-diffusion-v1-5/stable-diffusion-v1-5",)}
 WHAT = {"gpt2": "GPT-2", "clip": "CLIP", "sd": "Stable Diffusion"}
 OPTION = {"gpt2": "--gpt2", "clip": "--clip", "sd": "--sd"}
-# the latent cache at 512 px (VAE posterior mean and log-variance, fp32, 8x64x64) per frame, the
-# caption cache (77x768 fp32) per clip; checkpoints of all runs (GPT-2 runs keep optimizer state)
-LATENT_BYTES, CAPTION_BYTES, RUNS_BYTES = 8 * 64 * 64 * 4, 77 * 768 * 4, 12 * GB
+# the latent cache at 512 px (VAE posterior mean and log-variance, fp16, 8x64x64) per frame, the
+# caption cache (77x768 fp16) per clip; checkpoints of all runs (GPT-2 runs keep optimizer state)
+LATENT_BYTES, CAPTION_BYTES, RUNS_BYTES = 8 * 64 * 64 * 2, 77 * 768 * 2, 12 * GB
 STAND_IN_BYTES = 5.2 * GB
 
 

@@ -102,11 +102,15 @@ class StableDiffusion(nn.Module):
         """VAE posterior parameters (mean and log-variance, (B, 2C, h, w)) of frames in [-1, 1]."""
         return self.vae.encode(frames.to(self.vae.device, self.vae.dtype)).latent_dist.parameters
 
-    def latents(self, posterior: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def latents(self, posterior: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None
+                ) -> torch.Tensor:
         """Scaled latents z_0 (B, C, h, w) drawn from posterior parameters (`encode_frames`), from
-        `generator` when given, so that the draw repeats. The posterior mean: `encode_latents`."""
+        `generator` when given (or item i's from generator[i]), so that the draw repeats. The
+        posterior mean: `encode_latents`."""
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
+        if isinstance(generator, list):
+            return torch.cat([self.latents(p[None], g) for p, g in zip(posterior, generator, strict=True)])
         return DiagonalGaussianDistribution(posterior.float()).sample(generator=generator) * self.vae.config.scaling_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -152,24 +156,32 @@ class StableDiffusion(nn.Module):
             return a.sqrt() * noisy - (1 - a).sqrt() * output
         return output
 
-    def diffusion_loss(self, latents: torch.Tensor, states: torch.Tensor, generator: torch.Generator | None = None,
+    def diffusion_loss(self, latents: torch.Tensor, states: torch.Tensor,
+                       generator: torch.Generator | list[torch.Generator] | None = None,
                        noise_offset: float = 0.0, snr_gamma: float | None = None) -> torch.Tensor:
         """MSE between the UNet's output and its target at random timesteps.
 
         generator: draw noise, timesteps and noise offset from it (on the CPU, so the draw is the
-            same on every device and run); None: from the global RNG.
+            same on every device and run), or each item's from its own (a list: the same draw
+            whatever the batch an item lands in, on one process or several); None: from the global RNG.
         noise_offset: adds noise_offset * N(0, 1) per channel to the noise.
         snr_gamma: Min-SNR-gamma weighting; None: plain mean.
         """
-        b, steps = latents.shape[0], self.noise_scheduler.config.num_train_timesteps
+        b, c, steps = latents.shape[0], latents.shape[1], self.noise_scheduler.config.num_train_timesteps
         if generator is None:
             noise = torch.randn_like(latents)
             t = torch.randint(0, steps, (b,), device=latents.device)
-            offset = torch.randn((b, latents.shape[1], 1, 1), device=latents.device) if noise_offset else None
+            offset = torch.randn((b, c, 1, 1), device=latents.device) if noise_offset else None
         else:
-            noise = torch.randn(latents.shape, generator=generator).to(latents)
-            t = torch.randint(0, steps, (b,), generator=generator).to(latents.device)
-            offset = torch.randn((b, latents.shape[1], 1, 1), generator=generator).to(latents) if noise_offset else None
+            # one generator for the batch, or one per item
+            parts = [(g, 1) for g in generator] if isinstance(generator, list) else [(generator, b)]
+            if sum(n for _, n in parts) != b:
+                raise ValueError(f"{len(parts)} generators for a batch of {b}")
+            draws = [(torch.randn((n, *latents.shape[1:]), generator=g), torch.randint(0, steps, (n,), generator=g),
+                      torch.randn((n, c, 1, 1), generator=g) if noise_offset else None) for g, n in parts]
+            noise = torch.cat([d[0] for d in draws]).to(latents)
+            t = torch.cat([d[1] for d in draws]).to(latents.device)
+            offset = torch.cat([d[2] for d in draws]).to(latents) if noise_offset else None
         if offset is not None:
             noise = noise + noise_offset * offset
         noisy = self.noise_scheduler.add_noise(latents, noise, t)

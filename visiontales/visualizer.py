@@ -16,6 +16,7 @@ with `resolution` among its hyper-parameters. docs/extending.md walks through on
 from __future__ import annotations
 
 import abc
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +74,12 @@ class Visualizer(VisionTalesModule, abc.ABC):
                                     lora_alpha=lora_alpha)
             frames.append(drawing.frames.float().cpu())
         return torch.cat(frames)
+
+    @staticmethod
+    def item_seed(seed: int, item: str) -> int:
+        """A seed for one evaluation item (e.g. a story id): the same whatever batch, rank or order
+        the item comes in, so validation scores equal a single process's under DDP."""
+        return zlib.crc32(f"{seed}:{item}".encode())
 
     @staticmethod
     def seeded_noise(shape: tuple[int, ...], seeds: list[int], device: Any = "cpu") -> torch.Tensor:

@@ -117,15 +117,16 @@ class VisionTalesModule(L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         """best.ckpt by `monitor`, last.ckpt after every epoch (a separate callback: Lightning 2.6
-        writes a monitored callback's `last.ckpt` only when it saves a new best), RNG states."""
+        writes a monitored callback's `last.ckpt` only when it saves a new best), RNG states, the
+        report of items skipped as unreadable."""
         from lightning.pytorch.callbacks import ModelCheckpoint
 
-        from visiontales.callbacks import RNGStates
+        from visiontales.callbacks import RNGStates, SkippedItems
 
         metric, mode = self.monitor
         return [ModelCheckpoint(monitor=metric, mode=mode, filename="best", enable_version_counter=False),
                 ModelCheckpoint(filename="last", save_on_train_epoch_end=True, enable_version_counter=False),
-                RNGStates()]
+                RNGStates(), SkippedItems()]
 
 
 # ------------------------------------------------------------------------------------ loading

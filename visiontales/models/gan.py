@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
@@ -292,8 +293,9 @@ class GANVisualizer(Visualizer, kind="gan"):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         real, captions, b, s = self.story_batch(batch)
         cond = self.caption_embeddings(captions)
-        seed = self.hparams.seed + batch_idx * len(real)
-        z = self.seeded_noise(self.noise_shape(), list(range(seed, seed + len(real))), self.device)
+        # each frame's noise from its story's seed: the same whatever the batch or rank (DDP)
+        seeds = [self.item_seed(self.hparams.seed, f"{story_id}#{t}") for story_id in batch["story_id"] for t in range(s)]
+        z = self.seeded_noise(self.noise_shape(), seeds, self.device)
         fake = self.draw_frames(z, captions, cond)
         terms = self.generator_terms(fake, real, cond, b, s)
         self.log_dict({f"val/loss_{name}": value for name, value in terms.items()}, batch_size=b, sync_dist=True)
@@ -313,6 +315,13 @@ class GANVisualizer(Visualizer, kind="gan"):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DDPStrategy):
+            # a step is two backward passes over different parameters (the discriminator's, then the
+            # generator's); DDP reduces each pass's gradients only if it looks for the unused
+            # parameters before it (Lightning's manual optimization does so when this is set, and
+            # setup runs before the model is wrapped)
+            strategy._ddp_kwargs["find_unused_parameters"] = True
         if self.hparams.generator == "sd_lora":
             self.generator.sd.cast_frozen(str(self.trainer.precision))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -99,8 +100,8 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
             self.sd.unet.enable_gradient_checkpointing()
         # a list, not a one-shot iterator: the optimizer, gradient clipping and casts all see them
         self.trainable_parameters = [p for p in self.sd.parameters() if p.requires_grad]
-        self.latent_cache: dict[str, torch.Tensor] = {}
-        self.caption_cache: dict[str, torch.Tensor] = {}
+        self.latent_cache: Mapping[str, torch.Tensor] = {}
+        self.caption_cache: Mapping[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------------------ encoders
 
@@ -124,7 +125,7 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
         """CLIP text encoder hidden states (B, 77, D) for the captions (see `prompts`)."""
         return self.sd.encode_prompts(self.prompts(captions, characters), grad=grad)
 
-    def targets(self, batch: dict[str, Any], generator: torch.Generator | None = None
+    def targets(self, batch: dict[str, Any], generator: torch.Generator | list[torch.Generator] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """(z_0 latents (B, C, h, w), caption states (B, 77, D)) of frame k+1 of each story; the
         latents are drawn from the VAE posterior with `generator` when given."""
@@ -151,8 +152,10 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
             states = self.encode_captions(captions, characters, grad=self.training and self.hparams.character_tokens)
         return self.sd.latents(posterior, generator), states
 
-    def diffusion_loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
-        """The diffusion objective on frame k+1 of each story (every draw from `generator` if given)."""
+    def diffusion_loss(self, batch: dict[str, Any], generator: torch.Generator | list[torch.Generator] | None = None
+                       ) -> torch.Tensor:
+        """The diffusion objective on frame k+1 of each story (every draw from `generator` if given,
+        or story i's from generator[i])."""
         h = self.hparams
         return self.sd.diffusion_loss(*self.targets(batch, generator), generator=generator,
                                       noise_offset=h.noise_offset, snr_gamma=h.snr_gamma)
@@ -165,8 +168,11 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        # the same latents, noise and timesteps every epoch and run: val/loss compares like with like
-        loss = self.diffusion_loss(batch, torch.Generator().manual_seed(self.hparams.seed + batch_idx))
+        # each story's latents, noise and timesteps drawn from its own seed: the same every epoch and
+        # run, whatever the batch or rank it lands in, so val/loss compares like with like
+        generators = [torch.Generator().manual_seed(self.item_seed(self.hparams.seed, story_id))
+                      for story_id in batch["story_id"]]
+        loss = self.diffusion_loss(batch, generators)
         self.log("val/loss", loss, batch_size=len(batch["texts"]), sync_dist=True)
         if batch_idx == 0 and self.hparams.val_samples and not self.trainer.sanity_checking:
             self.log_frames(batch)
@@ -217,8 +223,9 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
             self.fill_caches(datamodule, stage)
 
     def fill_caches(self, datamodule, stage: str) -> None:
-        """Encode every frame (VAE) and caption (text encoder) of the stage once, on disk and in
-        memory; the data module then stops decoding frames for training."""
+        """Encode every frame (VAE) and caption (text encoder) of the stage once, into sharded disk
+        caches read lazily (visiontales.feature_cache; fp16); the data module then stops decoding
+        frames for training. Under DDP each process encodes its share."""
         from visiontales.backbones import fingerprint, home
         from visiontales.feature_cache import FeatureCache
 
@@ -226,9 +233,11 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
         self.sd.vae.to(strategy.root_device)
         self.sd.text_encoder.to(strategy.root_device)
         vae_key = f"vae/{fingerprint(self.sd.vae)}/{datamodule.hparams.resolution}"
-        self.latent_cache = FeatureCache(home() / "latents", vae_key).get(
+        shared = {"rank": strategy.global_rank, "world_size": strategy.world_size, "barrier": strategy.barrier}
+        # fp16 posterior means and log-variances (8 x 64 x 64 at 512 px: 64 KiB a frame)
+        self.latent_cache = FeatureCache(home() / "latents", vae_key, dtype=torch.float16).get(
             datamodule.frame_files(stage), datamodule.load_frame, self.sd.encode_frames,
-            num_workers=datamodule.hparams.num_workers, writer=self.trainer.is_global_zero, barrier=strategy.barrier)
+            num_workers=datamodule.hparams.num_workers, **shared)
         datamodule.drop_images(["train"])  # validation still shows its ground-truth frames
         if self.hparams.character_tokens:
             return  # the caption embeddings change as the character tokens train: nothing to cache
@@ -238,9 +247,9 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
             captions.add("")
         text_key = f"text/{fingerprint(self.sd.text_encoder)}"
         texts = {_text_key(c): c for c in captions}
-        self.caption_cache = FeatureCache(home() / "captions", text_key).get(
+        self.caption_cache = FeatureCache(home() / "captions", text_key, dtype=torch.float16).get(
             dict.fromkeys(texts), lambda key, _: key, lambda keys: self.encode_captions([texts[k] for k in keys]),
-            writer=self.trainer.is_global_zero, barrier=strategy.barrier)
+            **shared)
 
     def export_lora(self, directory: str | Path) -> Path:
         """Write the adapters as diffusers' `pytorch_lora_weights.safetensors` (with their LoRA

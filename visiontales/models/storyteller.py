@@ -17,6 +17,7 @@ sentence, as ClipCap's decoder does).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
@@ -206,7 +207,7 @@ class CLIPStoryteller(TextGenerationModule, kind="clip_storyteller"):
         elif self.hparams.feature_cache:
             datamodule.attach_image_features(self.cached_features(datamodule, stage))
 
-    def cached_features(self, datamodule, stage: str) -> dict[str, torch.Tensor]:
+    def cached_features(self, datamodule, stage: str) -> Mapping[str, torch.Tensor]:
         """Frozen CLIP features of every photo the stage uses, from the cache or encoded once."""
         strategy = self.trainer.strategy
         self.clip.to(strategy.root_device)
@@ -214,7 +215,7 @@ class CLIPStoryteller(TextGenerationModule, kind="clip_storyteller"):
         return cache.get(datamodule.image_paths(stage), datamodule.load_photo,
                          lambda images: self.encode_images(images.unsqueeze(1).to(strategy.root_device))[:, 0],
                          num_workers=datamodule.hparams.num_workers,
-                         writer=self.trainer.is_global_zero, barrier=strategy.barrier)
+                         rank=strategy.global_rank, world_size=strategy.world_size, barrier=strategy.barrier)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
