@@ -4,10 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 VT := $(BIN)/visiontales
-# Synthetic data and tiny backbones for the demo live inside the checkout (both ignored by git).
+# Synthetic data for the demo lives inside the checkout (ignored by git); backbones, stand-ins and
+# caches where the bare `visiontales` command looks too: $VISIONTALES_HOME, default ~/.cache/visiontales.
 DEMO_DATA ?= data/vist-synthetic
 DEMO_FLINTSTONES ?= data/flintstones-synthetic
-export VISIONTALES_HOME ?= $(CURDIR)/.cache/visiontales
 
 PROFILE ?= tiny
 
@@ -59,7 +59,7 @@ reproduce-paper: install ## both papers' tables and figures into reports/$(PROFI
 smoke-paper: install ## the paper profile's steps at real size (random weights, shrunk counts): reports/smoke/
 	$(VT) reproduce --profile smoke
 
-bootstrap: install ## train the tiny-domain backbones on synthetic data (once; cached in .cache/visiontales)
+bootstrap: install ## train the tiny-domain backbones on synthetic data (once; kept in $VISIONTALES_HOME, default ~/.cache/visiontales)
 	$(VT) bootstrap
 
 tensorboard: install ## serve the TensorBoard logs under runs/ on port 6006
@@ -68,6 +68,6 @@ tensorboard: install ## serve the TensorBoard logs under runs/ on port 6006
 lint: install ## ruff over the code
 	$(BIN)/ruff check visiontales data_modules tests bench
 
-clean: ## remove runs, demo data, caches and the virtual environment
-	rm -rf runs data reports .cache $(VENV) .pytest_cache .ruff_cache
+clean: ## remove runs, demo data, reports and the virtual environment (not the backbones in ~/.cache/visiontales)
+	rm -rf runs data reports $(VENV) .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

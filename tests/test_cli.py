@@ -185,3 +185,13 @@ def test_captioner_fit_logs_its_metrics_then_predicts(flintstones_root, tmp_path
     predictions = json.loads((tmp_path / "runs" / "tiny_sagan_captioner" / "p" / "predictions.json").read_text())
     assert len(predictions) == 20  # the test split's stories
     assert all(set(p) == {"story_id", "prefix", "generated", "reference"} and p["generated"] for p in predictions)
+
+
+def test_a_missing_data_folder_stops_fit_before_any_model_is_built(tmp_path, monkeypatch, capsys):
+    home = tmp_path / "home"
+    monkeypatch.setenv("VISIONTALES_HOME", str(home))
+    config = str(REPO / "experiments" / "tiny" / "sagan_lora.yaml")
+    assert main(["fit", "--config", config, "--data.init_args.root", str(tmp_path / "nonexistent")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {tmp_path / 'nonexistent'}: dataset folder not found (--data.init_args.root)"]
+    assert not home.exists()  # no backbone looked for, none built

@@ -182,7 +182,8 @@ def test_report_links_only_to_files_that_exist(tmp_path):
     from visiontales.report import build_report, epoch_series, missing_links
 
     runs, report = tmp_path / "runs", tmp_path / "report"
-    manifest = {"profile": "test", "runs": {}, "rows": [{"id": "gan", "label": "GAN 20 epochs"}], "lora_epochs": 2}
+    manifest = {"profile": "test", "runs": {}, "lora_epochs": 2,
+                "rows": [{"id": "gan", "label": "GAN 20 epochs"}, {"id": "lora", "label": "LoRA"}]}
     for name in ("storyteller_prefix", "lora", "gan", "clip_centric", "temporal_coherence", "combined"):
         writer = SummaryWriter(runs / name)
         for epoch, value in enumerate((3.0, 2.0, 1.5)):
@@ -203,7 +204,10 @@ def test_report_links_only_to_files_that_exist(tmp_path):
     text = page.read_text()
     assert missing_links(page) == []
     assert "assets/storyteller_loss.png" in text and (report / "assets" / "gan_loss.png").is_file()
-    assert "50.00" in text and "12.000 [1]" in text and "FID [1]: some protocol" in text
+    assert "50.00" in text and "12.000 [1]" in text and "FID [1]: some protocol" in text and "not run" in text
+    # the table as data: evaluated rows by id, under evaluate's metric names
+    assert json.loads((report / "results.json").read_text()) == {
+        "gan": {"char_f1": 0.5, "fid": 12.0, "fid_protocol": "some protocol"}}
     assert "configs/gan.yaml" in text and "not produced" in text  # missing storyboards are said, not linked
     (report / "assets" / "gan_loss.png").unlink()
     assert missing_links(page) == ["assets/gan_loss.png"]

@@ -41,6 +41,10 @@ def run_lightning(args: list[str] | None) -> None:
             ckpt = config.get("ckpt_path")
             if ckpt and ckpt not in CHECKPOINT_ALIASES and not Path(ckpt).is_file():
                 raise VisionTalesError(f"{ckpt}: checkpoint not found (--ckpt_path)")
+            # user input before any model is built (a model may load backbones for minutes)
+            root = (config.get("data") or {}).get("init_args", {}).get("root")
+            if root and not Path(root).is_dir():
+                raise VisionTalesError(f"{root}: dataset folder not found (--data.init_args.root)")
             if config.trainer.enable_progress_bar is not False:
                 self.trainer_defaults["callbacks"].append(RichProgressBar())
 

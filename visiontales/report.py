@@ -121,24 +121,39 @@ def _metrics(report_dir: Path, name: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def results_rows(report_dir: Path, manifest: dict[str, Any]) -> tuple[list[list[str]], dict[str, str]]:
-    """One row per evaluated approach (manifest["rows"]); the FID protocols met, for the footnote."""
+def results(report_dir: Path, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Row id -> the metrics `evaluate` wrote for it (under its names: char_acc, char_f1, fid,
+    clip_score, bleu4, ...), plus `fid_protocol` when there is a FID; rows not evaluated are absent.
+    Written as results.json, and what the HTML table is rendered from."""
+    rows = {}
+    for entry in manifest["rows"]:
+        result = _metrics(report_dir, entry["id"])
+        if result is not None:
+            row = dict(result["metrics"])
+            if "fid" in result.get("protocols", {}):
+                row["fid_protocol"] = result["protocols"]["fid"]
+            rows[entry["id"]] = row
+    return rows
+
+
+def results_rows(table: dict[str, dict[str, Any]], manifest: dict[str, Any]) -> tuple[list[list[str]], dict[str, str]]:
+    """One HTML row per evaluated approach (manifest["rows"]) from `results`; the FID protocols
+    met, for the footnote."""
     rows, protocols = [], {}
     for entry in manifest["rows"]:
         label, slug = entry["label"], entry["id"]
-        result = _metrics(report_dir, slug)
-        if result is None:
+        m = table.get(slug)
+        if m is None:
             rows.append([html.escape(label)] + ["not run"] * len(TABLE_COLUMNS))
             continue
-        m = result["metrics"]
-        if "fid" in result.get("protocols", {}):
-            protocols.setdefault(result["protocols"]["fid"], f"[{len(protocols) + 1}]")
+        if "fid_protocol" in m:
+            protocols.setdefault(m["fid_protocol"], f"[{len(protocols) + 1}]")
         row = [f"<a href='eval/{slug}/metrics.md'>{html.escape(label)}</a>"]
         for key in TABLE_COLUMNS:
             value = m.get(key)
             cell = "" if value is None else f"{100 * value:.2f}" if key in ("char_acc", "char_f1") else f"{value:.3f}"
             if key == "fid" and value is not None:
-                cell += " " + protocols[result["protocols"]["fid"]]
+                cell += " " + protocols[m["fid_protocol"]]
             row.append(cell)
         rows.append(row)
     return rows, protocols
@@ -149,9 +164,12 @@ def build_report(report_dir: Path, runs_dir: Path, manifest: dict[str, Any]) -> 
     profile = manifest["profile"]
     page.add(f"<h1>VisionTales and SAGANets, reproduced: profile <code>{profile}</code></h1>")
     page.add(f"<p>commit <code>{html.escape(commit())}</code>; every step and its time in "
-             f"<a href='manifest.json'>manifest.json</a>, their output in <a href='log.txt'>log.txt</a>.</p>")
+             f"<a href='manifest.json'>manifest.json</a>, their output in <a href='log.txt'>log.txt</a>; the "
+             f"results table as data in <a href='results.json'>results.json</a>.</p>")
 
-    rows, protocols = results_rows(report_dir, manifest)
+    table = results(report_dir, manifest)
+    (report_dir / "results.json").write_text(json.dumps(table, indent=1))
+    rows, protocols = results_rows(table, manifest)
     page.add("<h2>Results</h2><p>Test split. Char-Acc and Char-F1 (x100) from the character classifier; "
              "FID by the protocol in its footnote; CLIPScore with the project's CLIP; text metrics "
              "(pycocoevalcap) for the models that write text, and for the pipeline's generated captions. "
