@@ -222,14 +222,15 @@ def eval_prefix_length(story_id: str, max_prefix: int, seed: int) -> int:
 
 class FlintstonesStories(SkippingDataset):
     """Items: `story_id`, `clip_ids` (5), `texts` (5), `settings` (5), `characters` (5x7 float),
-    `prefix_len` (k), `frame_index` (5: the frame drawn from each clip), and unless images are
-    dropped `images` (5x3xRxR float in [-1, 1])."""
+    `prefix_len` (k), `frame_index` (5: the frame drawn from each clip), and by `image_source`:
+    "files": `images` (5x3xRxR float in [-1, 1]); "target": `target_image` (3xRxR, the frame of
+    step k+1 only: a fifth of the decoding and of the batch); "none": no pixels."""
 
     def __init__(self, index: FlintstonesIndex, stories: list[list[str]], train: bool, max_prefix: int,
                  resolution: int, eval_frame: int, seed: int) -> None:
         self.index, self.stories, self.train = index, stories, train
         self.max_prefix, self.resolution, self.eval_frame, self.seed = max_prefix, resolution, eval_frame, seed
-        self.image_source: Literal["files", "none"] = "files"
+        self.image_source: Literal["files", "target", "none"] = "files"
 
     def __len__(self) -> int:
         return len(self.stories)
@@ -247,6 +248,8 @@ class FlintstonesStories(SkippingDataset):
         if self.image_source == "files":
             item["images"] = torch.stack([read_frame(self.index.frames_path(c), t, self.resolution)
                                           for c, t in zip(story, frames, strict=True)])
+        elif self.image_source == "target":  # only the frame of step k+1, the one a visualizer draws
+            item["target_image"] = read_frame(self.index.frames_path(story[k]), frames[k], self.resolution)
         return item
 
 
@@ -294,6 +297,13 @@ class FlintstonesSVDataModule(SplitDataModule):
         (after `setup(stage)`): what a latent cache must cover, since training draws any frame."""
         clips = {c for split in self.splits_for(stage) for story in self.datasets[split].stories for c in story}
         return {f"{c}#{t}": self.index.frames_path(c) for c in sorted(clips) for t in range(FRAMES)}
+
+    def serve_target_frames(self, splits: list[str] | None = None) -> None:
+        """Serve only the frame of step k+1 (`target_image`) in these splits (default: all), for
+        models that draw or score that frame alone (the LoRA visualizer)."""
+        for split, dataset in self.datasets.items():
+            if splits is None or split in splits:
+                dataset.image_source = "target"
 
     def load_frame(self, key: str, path: Path) -> torch.Tensor:
         """The frame named by a `frame_files` key, as served in `images`."""

@@ -161,3 +161,14 @@ def test_malformed_annotations_name_the_file(flintstones_root, tmp_path):
     (root / "flintstones_annotations_v1-0.json").write_text("[{")
     with pytest.raises(VisionTalesError, match=r"flintstones_annotations_v1-0.json: not valid JSON"):
         check_dataset(root)
+
+
+def test_serving_the_target_frame_only_gives_frame_k_plus_1_of_the_five(flintstones_root):
+    datamodule = FlintstonesSVDataModule(str(flintstones_root), resolution=32)
+    datamodule.setup("validate")
+    everything = [datamodule.datasets["val"][i] for i in range(4)]
+    datamodule.serve_target_frames()
+    for i, whole in enumerate(everything):
+        item = datamodule.datasets["val"][i]
+        assert "images" not in item and item["target_image"].shape == (3, 32, 32)
+        assert torch.equal(item["target_image"], whole["images"][whole["prefix_len"]])

@@ -180,10 +180,11 @@ def test_cache_serves_the_same_latents_and_skips_the_encoders(flintstones_root, 
     trainer.fit(model, dm)
     n_clips = len({c for split in ("train", "val") for s in dm.datasets[split].stories for c in s})
     assert len(model.latent_cache) == 5 * n_clips
-    assert "images" not in dm.datasets["train"][0] and "images" in dm.datasets["val"][0]
-    item = dm.datasets["val"][0]
-    key = f"{item['clip_ids'][0]}#{int(item['frame_index'][0])}"
-    posterior = model.sd.encode_frames(item["images"][:1])[0]
+    train, val = dm.datasets["train"][0], dm.datasets["val"][0]
+    assert not {"images", "target_image"} & set(train) and "images" not in val  # validation: frame k+1 only
+    k = val["prefix_len"]
+    key = f"{val['clip_ids'][k]}#{int(val['frame_index'][k])}"
+    posterior = model.sd.encode_frames(val["target_image"][None])[0]
     assert torch.allclose(model.latent_cache[key], posterior, atol=2e-3)  # kept in fp16
     calls = []
     monkeypatch.setattr(model.sd.vae, "encode", lambda *a, **k: calls.append("vae"))

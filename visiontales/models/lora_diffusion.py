@@ -136,8 +136,7 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
                     zip(batch["clip_ids"], batch["frame_index"], ks, strict=True)]
             posterior = torch.stack([self.latent_cache[key] for key in keys]).to(self.device)
         else:
-            images = torch.stack([images[k] for images, k in zip(batch["images"], ks, strict=True)])
-            posterior = self.sd.encode_frames(images)
+            posterior = self.sd.encode_frames(target_frames(batch))
         characters = None
         if "characters" in batch:
             characters = torch.stack([chars[k] for chars, k in zip(batch["characters"], ks, strict=True)])
@@ -184,8 +183,8 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
         captions = [texts[k] for texts, k in zip(batch["texts"][:n], ks, strict=True)]
         drawn = self.generate(captions, seeds=[self.hparams.seed + i for i in range(n)]).frames
         truth = None
-        if "images" in batch:
-            truth = torch.stack([images[k] for images, k in zip(batch["images"][:n], ks, strict=True)])
+        if "target_image" in batch or "images" in batch:
+            truth = target_frames(batch)[:n]
             truth = F.interpolate(truth.float(), size=drawn.shape[-2:], mode="bilinear", antialias=True)
         self.log_frame_grid(drawn, truth, n, captions)
 
@@ -219,6 +218,8 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
         super().setup(stage)
         self.sd.cast_frozen(str(self.trainer.precision))
         datamodule = getattr(self._trainer, "datamodule", None)
+        if hasattr(datamodule, "serve_target_frames"):
+            datamodule.serve_target_frames()  # frame k+1 is all this model reads
         if self.hparams.cache and stage == "fit" and hasattr(datamodule, "frame_files"):
             self.fill_caches(datamodule, stage)
 
@@ -269,6 +270,14 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.trainable_parameters, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+def target_frames(batch: dict[str, Any]) -> torch.Tensor:
+    """The frame of step k+1 of each story (B, 3, R, R): `target_image` when the data module
+    serves only that frame, else picked from the five `images`."""
+    if "target_image" in batch:
+        return batch["target_image"]
+    return torch.stack([images[k] for images, k in zip(batch["images"], batch["prefix_len"], strict=True)])
 
 
 def _text_key(caption: str) -> str:
