@@ -33,6 +33,7 @@ def plain_loop(root: Path, steps: int, resolution: int, batch_size: int) -> floa
     """Median seconds per step of a hand-written loop: fetch, targets, loss, backward, step."""
     model, dm = make(root, resolution, batch_size)
     dm.setup("fit")
+    dm.serve_target_frames()  # one image per sample, as the model's setup asks (and diffusers' script loads)
     model.train()
     optimizer = model.configure_optimizers()
     times, done = [time.perf_counter()], 0
