@@ -276,7 +276,7 @@ def build_tiny_sd(directory: Path, unet: dict = TINY_UNET, vae: dict = TINY_VAE)
         "vae": ["diffusers", "AutoencoderKL"]}))
 
 
-def _sd_source(spec: str) -> str:
+def sd_source(spec: str) -> str:
     """The hub id or directory to load Stable Diffusion components from."""
     _quiet()
     if spec in TINY_SPECS:
@@ -290,7 +290,7 @@ def load_stable_diffusion(spec: str) -> StableDiffusion:
     """UNet, VAE, CLIP text encoder + tokenizer and DDPM noise scheduler (visiontales.sd) for a hub
     id, a local diffusers-layout directory, `tiny` or `tiny-domain`."""
     try:
-        return StableDiffusion.from_pretrained(_sd_source(spec))
+        return StableDiffusion.from_pretrained(sd_source(spec))
     except (OSError, ValueError) as e:
         raise _missing_weights(spec, "Stable Diffusion", e) from e
 
@@ -300,7 +300,7 @@ def load_vae(spec: str) -> nn.Module:
     from diffusers import AutoencoderKL
 
     try:
-        return AutoencoderKL.from_pretrained(_sd_source(spec), subfolder="vae")
+        return AutoencoderKL.from_pretrained(sd_source(spec), subfolder="vae")
     except (OSError, ValueError) as e:
         raise _missing_weights(spec, "Stable Diffusion VAE", e) from e
 
