@@ -5,6 +5,7 @@ same data (each evaluation item on one rank, none repeated; per-item seeds)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -29,25 +30,52 @@ def _last_scalars(run) -> dict[str, float]:
     return {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"]}
 
 
+def _fit_args(family: str, request, tmp_path) -> tuple[list[str], str]:
+    config, data, extra, _ = FAMILIES[family]
+    args = tiny_overrides(config, request.getfixturevalue(data), tmp_path, max_epochs=1, limit_train_batches=2,
+                          limit_val_batches=1.0, check_val_every_n_epoch=1) + extra
+    return args, f"tiny_{config.removesuffix('.yaml')}"
+
+
+def _validates_like_one_process(family: str, args: list[str], run) -> None:
+    """The metrics the distributed fit logged at its validation equal one process validating its
+    last checkpoint."""
+    distributed = _last_scalars(run / "ddp")
+    assert main(["validate", *args, "--trainer.logger.init_args.version", "single",
+                 "--ckpt_path", str(run / "ddp" / "checkpoints" / "last.ckpt")]) == 0
+    single = _last_scalars(run / "single")
+    for metric in FAMILIES[family][3]:
+        assert distributed[metric] == pytest.approx(single[metric], rel=1e-4, abs=1e-5), metric
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_ddp_fit_validates_like_one_process(family, request, tmp_path):
-    config, data, extra, metrics = FAMILIES[family]
-    root = request.getfixturevalue(data)
-    name = config.removesuffix(".yaml")
-    args = tiny_overrides(config, root, tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1.0,
-                          check_val_every_n_epoch=1) + extra
+    args, name = _fit_args(family, request, tmp_path)
     ddp = subprocess.run([sys.executable, "-m", "visiontales.cli", "fit", *args, "--trainer.strategy", "ddp",
                           "--trainer.devices", "2", "--trainer.logger.init_args.version", "ddp"],
                          cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
                          timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert "GLOBAL_RANK: 1" in ddp.stderr + ddp.stdout  # the second process really ran
-    run = tmp_path / "runs" / f"tiny_{name}"
-    distributed = _last_scalars(run / "ddp")
-    assert (run / "ddp" / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "runs" / name / "ddp" / "checkpoints" / "last.ckpt").is_file()
+    _validates_like_one_process(family, args, tmp_path / "runs" / name)
 
-    assert main(["validate", *args, "--trainer.logger.init_args.version", "single",
-                 "--ckpt_path", str(run / "ddp" / "checkpoints" / "last.ckpt")]) == 0
-    single = _last_scalars(run / "single")
-    for metric in metrics:
-        assert distributed[metric] == pytest.approx(single[metric], rel=1e-4, abs=1e-5), metric
+
+def test_two_nodes_launched_by_torchrun_validate_like_one_process(request, tmp_path):
+    """`visiontales fit` as 2 nodes x 1 process on localhost, each node started by torchrun as a
+    cluster would start it (static rendezvous at node 0's address)."""
+    args, name = _fit_args("storyteller", request, tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                               "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port),
+                               "-m", "visiontales.cli", "fit", *args, "--trainer.num_nodes", "2",
+                               "--trainer.devices", "1", "--trainer.strategy", "ddp",
+                               "--trainer.logger.init_args.version", "ddp"],
+                              cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert "GLOBAL_RANK: 1" in "".join(outputs) and "MEMBER: 2/2" in "".join(outputs)
+    _validates_like_one_process("storyteller", args, tmp_path / "runs" / name)
