@@ -176,3 +176,19 @@ def test_an_unknown_prediction_type_is_an_error(tmp_path):
     config.write_text(json.dumps({**json.loads(config.read_text()), "prediction_type": "flow"}))
     with pytest.raises(VisionTalesError, match="scheduler prediction_type 'flow' is not one of epsilon"):
         LoRADiffusionVisualizer(sd=str(copy))
+
+
+def test_resuming_from_a_checkpoint_carrying_pickled_code_is_one_line_and_runs_nothing(
+        flintstones_root, tmp_path, capsys):
+    from conftest import tiny_overrides
+
+    from visiontales.cli import main
+
+    marker = tmp_path / "ran"
+    hostile = tmp_path / "hostile.ckpt"
+    torch.save({"state_dict": {}, "visiontales_class": "x.Y", "payload": _Payload(marker)}, hostile)
+    args = tiny_overrides("sagan_captioner.yaml", flintstones_root, tmp_path)
+    assert main(["fit", *args, "--ckpt_path", str(hostile)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {hostile}: not a readable checkpoint")
+    assert not marker.exists()

@@ -30,6 +30,18 @@ LOGGER_DEFAULT = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
 CHECKPOINT_ALIASES = ("last", "best", "hpc", "registry")
 
 
+def check_ckpt_path(args: list[str]) -> None:
+    """A `--ckpt_path` file is read (weights only, as Lightning will) before LightningCLI parses
+    it, so a damaged checkpoint or one carrying pickled code is one `error:` line, not a traceback."""
+    from visiontales.models.base import read_checkpoint
+
+    for i, arg in enumerate(args):
+        value = arg.split("=", 1)[1] if arg.startswith("--ckpt_path=") else \
+            args[i + 1] if arg == "--ckpt_path" and i + 1 < len(args) else None
+        if value and value not in CHECKPOINT_ALIASES and Path(value).is_file():
+            read_checkpoint(value)
+
+
 def run_lightning(args: list[str] | None) -> None:
     """Run a LightningCLI subcommand; `args=None` reads sys.argv like any console script."""
     from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
@@ -48,6 +60,7 @@ def run_lightning(args: list[str] | None) -> None:
             if config.trainer.enable_progress_bar is not False:
                 self.trainer_defaults["callbacks"].append(RichProgressBar())
 
+    check_ckpt_path(sys.argv[1:] if args is None else args)
     VisionTalesCLI(
         args=args,
         subclass_mode_model=True,
