@@ -11,7 +11,7 @@ DEMO_FLINTSTONES ?= data/flintstones-synthetic
 
 PROFILE ?= tiny
 
-.PHONY: help install test demo reproduce-paper smoke-paper bootstrap tensorboard lint clean
+.PHONY: help install test demo reproduce-paper smoke-paper bootstrap bench tensorboard lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -61,6 +61,13 @@ smoke-paper: install ## the paper profile's steps at real size (random weights, 
 
 bootstrap: install ## train the tiny-domain backbones on synthetic data (once; kept in $VISIONTALES_HOME, default ~/.cache/visiontales)
 	$(VT) bootstrap
+
+BENCHES := lora_loop lora_cache sampling flintstones_loader cache_scaling photo_check
+
+bench: install ## the ratio benches against their references (about 10 min on 2 cores): bench/results.json
+	rm -f bench/results.json
+	for b in $(BENCHES); do $(BIN)/python bench/$$b.py || exit 1; done
+	$(BIN)/python bench/results.py
 
 tensorboard: install ## serve the TensorBoard logs under runs/ on port 6006
 	$(BIN)/tensorboard --logdir runs --port 6006

@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from results import record
+
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (8, 64, 64)
 
@@ -78,6 +80,11 @@ def main() -> None:
         for mode in ("build", "read"):
             ratio = results[(kind, n4)][mode]["peak_rss_mb"] / results[(kind, n)][mode]["peak_rss_mb"]
             print(f"{kind:<9} {mode}: peak RSS at 4N / at N = {ratio:.2f}")
+    worst = max(results[("sharded", n4)][m]["peak_rss_mb"] / results[("sharded", n)][m]["peak_rss_mb"]
+                for m in ("build", "read"))
+    record("cache_scaling", worst, 1.1, "lower", "feature cache peak RSS at 4N / at N (worse of build, read)",
+           in_memory_reference=round(results[("in_memory", n4)]["read"]["peak_rss_mb"]
+                                     / results[("in_memory", n)]["read"]["peak_rss_mb"], 3))
     per_item = results[("sharded", n4)]["disk_mb"] * 2**20 / n4
     print(f"disk per 512 px frame: {per_item / 1024:.0f} KiB; the real FlintstonesSV's train+val frames "
           f"(22,203 clips x 5): {22_203 * 5 * per_item / 1e9:.1f} GB")

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+from results import record
 from timing import StepTimer
 
 
@@ -57,6 +58,8 @@ def main() -> None:
     print(f"{'cache, first run (encodes all)':<30}{cold_fit:>8.1f}{cold_step * 1000:>9.1f}")
     print(f"{'cache, later run':<30}{warm_fit:>8.1f}{warm_step * 1000:>9.1f}")
     print(f"step time without / with cache: {plain_step / warm_step:.2f}x")
+    record("lora_cache_step", warm_step / plain_step, 1.0, "lower", "LoRA step with cache / without",
+           first_run_fit_s=round(cold_fit, 1), uncached_fit_s=round(plain_fit, 1))
 
 
 if __name__ == "__main__":

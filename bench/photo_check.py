@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from PIL import Image
+from results import record
 
 
 def write(folder: Path, n: int, size: tuple[int, int]) -> dict[str, Path]:
@@ -66,8 +67,9 @@ def main() -> None:
         fresh_home()
         first = timed(check_images, paths)
         second = timed(check_images, paths)
-        print(f"{opts.photos} photos: first check {first:.1f} s, second check {second:.2f} s "
-              f"(ratio {second / first:.3f})")
+        print(f"{opts.photos} photos: first check {first:.1f} s, second check {second:.2f} s")
+        record("photo_check_again", second / first, 0.1, "lower", "second data check / first (verdicts kept)",
+               photos=opts.photos, second_check_s=round(second, 2), workers_over_one_process=round(one / many, 3))
 
 
 if __name__ == "__main__":
