@@ -19,6 +19,7 @@ from visiontales.errors import UnreadableItem, VisionTalesError
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+SKIPPED = "skipped"  # the batch key of the notes on items skipped as unreadable
 
 
 @dataclass
@@ -68,13 +69,10 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-SKIPPED = "skipped"
-
-
 class SkippingDataset(Dataset):
     """A dataset whose items never end a run: when `load_item(i)` raises `UnreadableItem`, the next
     readable item stands in and carries a note (`"skipped"`, one line per skipped file) that the
-    model reports at the end of the epoch (`VisionTalesModule`)."""
+    `SkippedItems` callback (every model adds it) reports at the end of the epoch."""
 
     def load_item(self, index: int) -> dict[str, Any]:
         raise NotImplementedError
