@@ -30,7 +30,7 @@ from visiontales.errors import VisionTalesError
 
 log = logging.getLogger(__name__)
 
-NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16}
+DTYPES = (torch.float32, torch.float16)  # what a shard may store
 
 
 def file_signature(path: Path | None) -> tuple[int, int]:
@@ -100,8 +100,8 @@ class FeatureCache:
 
     def __init__(self, directory: str | Path, key: str, dtype: torch.dtype = torch.float32,
                  shard_size: int = 1024) -> None:
-        if dtype not in NUMPY_DTYPES:
-            raise ValueError(f"cache dtype must be one of {list(NUMPY_DTYPES)}, got {dtype}")
+        if dtype not in DTYPES:
+            raise ValueError(f"cache dtype must be one of {list(DTYPES)}, got {dtype}")
         self.key, self.dtype, self.shard_size = key, dtype, shard_size
         self.root = Path(directory) / hashlib.sha1(f"{key}/{dtype}".encode()).hexdigest()[:20]
 
