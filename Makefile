@@ -11,7 +11,7 @@ DEMO_FLINTSTONES ?= data/flintstones-synthetic
 
 PROFILE ?= tiny
 
-.PHONY: help install test demo reproduce-paper smoke-paper bootstrap bench tensorboard lint clean
+.PHONY: help install test check-rebuild demo reproduce-paper smoke-paper bootstrap bench tensorboard lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: install ## run the test suite (offline, CPU)
 	$(BIN)/python -m pytest
+
+check-rebuild: install ## train the tiny-domain backbones from scratch and check they reach the shipped ones' quality (~15 min)
+	$(BIN)/python -m pytest -m rebuild
 
 demo: install ## the storyteller (VIST) and SAGANets (FlintstonesSV) trained on synthetic data on the CPU
 	$(VT) bootstrap
@@ -45,6 +48,12 @@ demo: install ## the storyteller (VIST) and SAGANets (FlintstonesSV) trained on 
 	$(VT) story --captioner runs/tiny_sagan_captioner/demo/checkpoints/last.ckpt \
 		--visualizer runs/tiny_sagan_lora/demo/checkpoints/last.ckpt \
 		--first-caption "Fred and Barney are talking in the quarry." --frames 5 --out runs/demo-story
+	$(VT) fit --config experiments/tiny/character_classifier.yaml \
+		--data.init_args.root $(DEMO_FLINTSTONES) --trainer.logger.init_args.version demo
+	$(VT) evaluate --stories runs/demo-story --data-root $(DEMO_FLINTSTONES) --clip tiny-domain \
+		--classifier runs/tiny_character_classifier/demo/checkpoints/last.ckpt --out runs/demo-story/eval
+	@$(BIN)/python -c "import json; m = json.load(open('runs/demo-story/eval/metrics.json'))['metrics']; \
+		print(f\"\nstoryboard Char-F1 (each frame's characters, by the classifier, against those its caption names): {m['named_char_f1']:.3f}\")"
 	@echo
 	@echo "TensorBoard logs (loss curves, val metrics, text samples, frame grids):"
 	@echo "  runs/tiny_clip_storyteller_prefix/demo   runs/tiny_sagan_captioner/demo   runs/tiny_sagan_lora/demo"
@@ -59,7 +68,7 @@ reproduce-paper: install ## both papers' tables and figures into reports/$(PROFI
 smoke-paper: install ## the paper profile's steps at real size (random weights, shrunk counts): reports/smoke/
 	$(VT) reproduce --profile smoke
 
-bootstrap: install ## train the tiny-domain backbones on synthetic data (once; kept in $VISIONTALES_HOME, default ~/.cache/visiontales)
+bootstrap: install ## install the shipped tiny-domain backbones (seconds; kept in $VISIONTALES_HOME, default ~/.cache/visiontales)
 	$(VT) bootstrap
 
 BENCHES := lora_loop lora_cache sampling flintstones_loader cache_scaling photo_check

@@ -23,6 +23,7 @@ directories). `visiontales bootstrap` builds what is missing; nothing else train
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -36,6 +37,7 @@ from PIL import Image
 from data_modules import synthetic as syn
 from visiontales import backbones
 from visiontales.backbones import DOMAIN_SCHEDULE as SCHEDULE
+from visiontales.errors import VisionTalesError
 from visiontales.sd import StableDiffusion, encode_latents
 
 LOG = logging.getLogger("visiontales")
@@ -174,14 +176,15 @@ def train_clip(model: torch.nn.Module, steps: int = SCHEDULE["clip_steps"]) -> l
 
 
 def train_vae(vae: torch.nn.Module, steps: int = SCHEDULE["vae_steps"]) -> list[float]:
-    """Reconstruction (L1) + a light KL term on 64 px frames of both worlds; then sets the latent
+    """Reconstruction (L1) + a light KL term on 64 px photos and frames (FlintstonesSV's weighted up:
+    its characters are the small details that must survive); then sets the latent
     scaling factor to 1 / std of the latents, as Stable Diffusion's was measured."""
     torch.manual_seed(SEED)
     size = SCHEDULE["sd_resolution"]
-    pairs = vist_samples(600, SEED + 2) + flintstones_samples(600, SEED + 3)
+    pairs = vist_samples(600, SEED + 2) + flintstones_samples(SCHEDULE["vae_frames"], SEED + 3)
     images = pixels([p for p, _ in pairs], size).float() / 127.5 - 1
     vae.train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=SCHEDULE["vae_lr"])
     losses, start = [], time.time()
     for index in _batches(len(images), SCHEDULE["vae_batch"], steps, SEED):
         x = images[index]
@@ -229,41 +232,190 @@ def train_unet(sd: StableDiffusion, steps: int = SCHEDULE["unet_steps"]) -> list
 # ------------------------------------------------------------------------------------- builders
 
 
-def build_gpt2(directory: Path) -> None:
-    backbones.build_tiny_gpt2(directory)
-    train_gpt2(directory)
+def _architecture(kind: str, directory: Path) -> None:
+    """The untrained tiny-domain architecture of `kind`, written as its hub-style directory (the
+    seeded parts that are never trained, the SD text encoder and tokenizer, included)."""
+    if kind == "sd":
+        backbones.build_tiny_sd(directory, backbones.DOMAIN_UNET, backbones.DOMAIN_VAE)
+    else:
+        backbones.TINY_BUILDERS[kind](directory)
 
 
-def build_clip(directory: Path) -> None:
-    model = backbones.tiny_clip()
-    train_clip(model)
-    backbones.save_tiny_clip(model, directory)
+def _train(kind: str, directory: Path) -> None:
+    """Train the architecture written in `directory` in place."""
+    if kind == "gpt2":
+        train_gpt2(directory)
+    elif kind == "clip":
+        model = backbones.load_clip(str(directory))
+        train_clip(model)
+        backbones.save_tiny_clip(model, directory)
+    else:
+        sd = StableDiffusion.from_pretrained(str(directory))
+        sd.requires_grad_(False)
+        sd.vae.requires_grad_(True)
+        train_vae(sd.vae)
+        sd.vae.requires_grad_(False)
+        sd.vae.save_pretrained(directory / "vae")
+        sd.unet.requires_grad_(True)
+        train_unet(sd)
+        sd.unet.save_pretrained(directory / "unet")
 
 
-def build_sd(directory: Path) -> None:
-    """The tiny Stable Diffusion with a 4x VAE, then the VAE and the UNet trained (the text encoder
-    stays random and frozen)."""
-    backbones.build_tiny_sd(directory, backbones.DOMAIN_UNET, backbones.DOMAIN_VAE)
-    sd = StableDiffusion.from_pretrained(str(directory))
-    sd.requires_grad_(False)
-    sd.vae.requires_grad_(True)
-    train_vae(sd.vae)
-    sd.vae.requires_grad_(False)
-    sd.vae.save_pretrained(directory / "vae")
-    sd.unet.requires_grad_(True)
-    train_unet(sd)
-    sd.unet.save_pretrained(directory / "unet")
+def train_backbone(kind: str, directory: Path) -> None:
+    """Build and train the tiny-domain backbone `kind` ("gpt2", "clip" or "sd") into `directory`."""
+    _architecture(kind, directory)
+    _train(kind, directory)
 
 
-BUILDERS = {"gpt2": build_gpt2, "clip": build_clip, "sd": build_sd}
+# ----------------------------------------------------------------------------- shipped weights
+
+SHIPPED = Path(__file__).parent / "weights"
+"""The tiny-domain weights that ship with the project (fp16 safetensors, `pack` writes them), with
+manifest.json: the recipe each was trained from, its quality, and the fingerprint of the seeded
+text encoder it was trained against."""
+SHIPPED_FILES = {
+    "gpt2": ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+             "tokenizer_config.json"),
+    "clip": ("open_clip_config.json", "open_clip_model.safetensors"),
+    "sd": ("vae/config.json", "vae/diffusion_pytorch_model.safetensors", "unet/config.json",
+           "unet/diffusion_pytorch_model.safetensors"),
+}
+"""What training changes in each backbone's directory: the files that ship."""
 
 
-def build_domain_backbones() -> dict[str, Path]:
-    """Train every tiny-domain backbone that is not built yet; their directories by kind."""
+def _copy_weights(source: Path, target: Path, dtype: torch.dtype) -> None:
+    """Copy a file; a safetensors file with its floating-point tensors cast to `dtype`."""
+    import shutil
+
+    import safetensors.torch
+    from safetensors import safe_open
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.suffix != ".safetensors":
+        shutil.copyfile(source, target)
+        return
+    with safe_open(source, "pt") as f:
+        metadata = f.metadata()
+    tensors = {name: t.to(dtype) if t.is_floating_point() else t
+               for name, t in safetensors.torch.load_file(source).items()}
+    safetensors.torch.save_file(tensors, target, metadata=metadata)
+
+
+def _text_encoder_fingerprint(directory: Path) -> str:
+    from transformers import CLIPTextModel
+
+    return backbones.fingerprint(CLIPTextModel.from_pretrained(directory / "text_encoder"))
+
+
+def shipped_manifest() -> dict:
+    path = SHIPPED / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def shipped_matches(kind: str) -> bool:
+    """Whether the shipped weights of `kind` were trained from the recipe this code names."""
+    return shipped_manifest().get("recipes", {}).get(kind) == backbones.domain_dir(kind).name
+
+
+def install_shipped(kind: str, directory: Path) -> None:
+    """Write the tiny-domain backbone `kind` into `directory` from the shipped weights (seconds): its
+    architecture as `train_backbone` starts it, then the trained files over it, back in fp32."""
+    _architecture(kind, directory)
+    for name in SHIPPED_FILES[kind]:
+        _copy_weights(SHIPPED / kind / name, directory / name, torch.float32)
+    if kind == "sd":
+        expected = shipped_manifest()["text_encoder_fingerprint"]
+        if _text_encoder_fingerprint(directory) != expected:
+            raise VisionTalesError(
+                "the seeded tiny text encoder built here differs from the one the shipped tiny-domain UNet was "
+                "trained against (another torch?); train the backbones instead: visiontales bootstrap --rebuild")
+
+
+def pack(directories: dict[str, Path], quality: dict[str, dict[str, float]], out: Path = SHIPPED) -> Path:
+    """Write the trained files of each backbone in fp16 under `out`, with manifest.json."""
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    for kind, directory in directories.items():
+        for name in SHIPPED_FILES[kind]:
+            _copy_weights(directory / name, out / kind / name, torch.float16)
+    manifest = {"recipes": {kind: directory.name for kind, directory in directories.items()},
+                "quality": quality, "text_encoder_fingerprint": _text_encoder_fingerprint(directories["sd"]),
+                "built_with": {"torch": torch.__version__}}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return out
+
+
+def build_domain_backbones(rebuild: bool = False) -> dict[str, Path]:
+    """Every tiny-domain backbone, in its cache directory: installed from the shipped weights where
+    they match this code's recipe, else (or with `rebuild`) trained here; a built one is kept."""
+    backbones._quiet()
     directories = {}
-    for kind, build in BUILDERS.items():
+    for kind in SHIPPED_FILES:
         directory = backbones.domain_dir(kind)
-        if not directory.is_dir():
-            LOG.info(f"training the tiny-domain {kind} backbone on synthetic data (once; cached as {directory})")
-        directories[kind] = backbones.build_once(directory, build)
+        if rebuild and directory.is_dir():
+            import shutil
+
+            shutil.rmtree(directory)
+        if directory.is_dir():
+            directories[kind] = directory
+        elif not rebuild and shipped_matches(kind):
+            LOG.info(f"installing the shipped tiny-domain {kind} backbone in {directory}")
+            directories[kind] = backbones.build_once(directory, lambda d, k=kind: install_shipped(k, d))
+        else:
+            why = "--rebuild" if rebuild else "the shipped weights were trained from another recipe"
+            LOG.info(f"training the tiny-domain {kind} backbone on synthetic data ({why}; minutes; kept in {directory})")
+            directories[kind] = backbones.build_once(directory, lambda d, k=kind: train_backbone(k, d))
     return directories
+
+
+# ------------------------------------------------------------------------------------- quality
+
+HELD_OUT = SEED + 100  # seeds of the quality samples: none of them trains a backbone
+
+
+@torch.no_grad()
+def quality(directories: dict[str, Path]) -> dict[str, dict[str, float]]:
+    """Held-out measures of each tiny-domain backbone, on samples no backbone trained on:
+
+    - gpt2: perplexity of 200 synthetic stories and caption runs;
+    - clip: top-1 caption retrieval among 128 photo/frame-caption pairs (a hit: the best-scoring
+      caption reads the same as the image's own);
+    - sd: VAE PSNR (dB) of 200 reconstructed 64 px photos and frames (posterior mean), and the UNet's
+      diffusion loss on 128 general-domain pairs at fixed noise and timesteps.
+    """
+    import math
+
+    import open_clip
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(HELD_OUT)
+    out = {}
+    tokenizer = AutoTokenizer.from_pretrained(directories["gpt2"])
+    tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(directories["gpt2"]).eval()
+    enc = tokenizer([t + tokenizer.eos_token for t in stories(200, HELD_OUT)], return_tensors="pt", padding=True)
+    labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+    out["gpt2"] = {"perplexity": math.exp(model(**enc, labels=labels).loss.item())}
+
+    clip = backbones.load_clip(str(directories["clip"]))
+    size, mean, std = backbones.clip_preprocessing(clip)
+    pairs = vist_samples(64, HELD_OUT + 1) + flintstones_samples(64, HELD_OUT + 2)
+    x = (pixels([p for p, _ in pairs], size).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) \
+        / torch.tensor(std).view(1, 3, 1, 1)
+    captions = [t for _, t in pairs]
+    best = (clip.encode_image(x, normalize=True) @ clip.encode_text(open_clip.tokenize(captions), normalize=True).T).argmax(1)
+    out["clip"] = {"retrieval_top1": float(np.mean([captions[j] == c for j, c in zip(best.tolist(), captions)]))}
+
+    sd = StableDiffusion.from_pretrained(str(directories["sd"]))
+    size = SCHEDULE["sd_resolution"]
+    images = pixels([p for p, _ in vist_samples(100, HELD_OUT + 3) + flintstones_samples(100, HELD_OUT + 4)], size)
+    images = images.float() / 127.5 - 1
+    recon = torch.cat([sd.vae.decode(sd.vae.encode(images[i:i + 50]).latent_dist.mean).sample
+                       for i in range(0, len(images), 50)]).clamp(-1, 1)
+    mse = F.mse_loss((recon + 1) / 2, (images + 1) / 2).item()
+    pairs = vist_samples(96, HELD_OUT + 5) + empty_settings(32, HELD_OUT + 6)
+    latents = encode_latents(sd.vae, pixels([p for p, _ in pairs], size).float() / 127.5 - 1)
+    loss = sd.diffusion_loss(latents, sd.encode_prompts([t for _, t in pairs]), torch.Generator().manual_seed(HELD_OUT))
+    out["sd"] = {"vae_psnr": 10 * math.log10(1 / mse), "unet_loss": loss.item()}
+    return out

@@ -175,7 +175,7 @@ def export_lora(opts: argparse.Namespace) -> int:
 
 
 def evaluate(opts: argparse.Namespace) -> int:
-    from visiontales.backbones import load_clip
+    from visiontales.backbones import load_clip, load_vae
     from visiontales.evaluation import evaluate as ev
     from visiontales.evaluation.character_classifier import CharacterClassifier
     from visiontales.models.base import load_model, model_from_checkpoint, read_checkpoint
@@ -196,6 +196,9 @@ def evaluate(opts: argparse.Namespace) -> int:
     if opts.classifier is None:
         raise VisionTalesError("--classifier is needed for image metrics (train one: visiontales fit "
                                "--config experiments/character_classifier.yaml)")
+    if opts.through_vae and not opts.real_frames:
+        raise VisionTalesError("--through-vae goes with --real-frames (it scores the real frames as a VAE rebuilds them)")
+    vae = where.place(load_vae(opts.through_vae)) if opts.through_vae else None
     classifier = where.place(load_model(opts.classifier, CharacterClassifier, "--classifier"))
     clip_model = where.place(load_clip(opts.clip))
     if opts.stories:
@@ -208,7 +211,7 @@ def evaluate(opts: argparse.Namespace) -> int:
             result = ev.evaluate_visualizer(model, opts.checkpoint or "real frames", opts.data_root, opts.split,
                                             opts.out, classifier, clip_model, opts.max_frames, opts.seed,
                                             opts.lora_alpha, opts.inception_weights, reference=model is None,
-                                            batch_size=opts.batch_size)
+                                            batch_size=opts.batch_size, through_vae=vae)
     return _print_written(result, opts.out)
 
 
@@ -236,10 +239,18 @@ def bootstrap(opts: argparse.Namespace) -> int:
         print(f"paper-size stand-ins (random weights) in the Hugging Face cache {cache}; load them with "
               + " ".join(f"{k}={v}" for k, v in hub_environment().items()))
         return 0
-    from visiontales.bootstrap import build_domain_backbones
+    from visiontales.bootstrap import build_domain_backbones, pack, quality
 
-    for kind, directory in build_domain_backbones().items():
+    directories = build_domain_backbones(rebuild=opts.rebuild)
+    for kind, directory in directories.items():
         print(f"tiny-domain {kind}: {directory}")
+    if opts.quality or opts.pack:
+        measured = quality(directories)
+        print(json.dumps(measured))
+        if opts.quality:
+            opts.quality.write_text(json.dumps(measured, indent=1) + "\n")
+        if opts.pack:
+            print(f"shipped weights written to {pack(directories, measured)}")
     return 0
 
 
@@ -296,11 +307,21 @@ def build_parser() -> argparse.ArgumentParser:
                                                          f"paper): a local directory or another spec")
     c.set_defaults(run=reproduce)
 
-    c = commands.add_parser("bootstrap", help="train the tiny-domain backbones on synthetic data, once",
-                            description="Train the tiny-domain backbones (GPT-2 + tokenizer, CLIP, Stable Diffusion "
-                                        "VAE and UNet) on synthetic VIST and FlintstonesSV once and cache them under "
-                                        "$VISIONTALES_HOME/backbones (about 7 min on 2 CPU cores); configs name them "
-                                        "as 'tiny-domain'.")
+    c = commands.add_parser("bootstrap", help="install (or train) the tiny-domain backbones, once",
+                            description="Put the tiny-domain backbones (GPT-2 + tokenizer, CLIP, Stable Diffusion VAE "
+                                        "and UNet, trained on synthetic VIST and FlintstonesSV) under "
+                                        "$VISIONTALES_HOME/backbones, where configs naming 'tiny-domain' find them: "
+                                        "from the weights that ship with the project (seconds), or trained here where "
+                                        "the shipped ones were trained from another recipe or with --rebuild (about "
+                                        "15 min on 2 CPU cores).")
+    c.add_argument("--rebuild", action="store_true",
+                   help="train every tiny-domain backbone here from synthetic data, replacing the cached ones")
+    c.add_argument("--quality", type=Path, metavar="JSON",
+                   help="also measure each backbone on held-out synthetic samples (GPT-2 perplexity, CLIP "
+                        "retrieval, VAE PSNR, UNet loss) and write them to this file")
+    c.add_argument("--pack", action="store_true",
+                   help="(maintainers) also write the backbones, fp16, as the shipped weights in visiontales/weights "
+                        "with their quality and recipe")
     c.add_argument("--paper-size", action="store_true",
                    help="instead, write the paper's backbones at their real size with random weights (GPT-2 124M, "
                         "CLIP ViT-B-32-quickgelu, Stable Diffusion 1.5) as a Hugging Face cache under "
@@ -327,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--stories", type=Path, help="a folder of story.json + frame PNGs (predict / story)")
     source.add_argument("--real-frames", action="store_true",
                         help="score the split's real frames themselves (the ceiling of the image metrics)")
+    c.add_argument("--through-vae", metavar="SD_SPEC",
+                   help="with --real-frames: score them as this Stable Diffusion's VAE reconstructs them (the "
+                        "ceiling of a latent visualizer), e.g. tiny-domain")
     c.add_argument("--data-root", type=Path, required=True, help="the dataset folder (VIST or FlintstonesSV)")
     c.add_argument("--split", choices=("val", "test"), default="test")
     c.add_argument("--out", type=Path, required=True, help="folder to write (created)")

@@ -1,0 +1,54 @@
+"""The tiny-domain backbones that ship with the project (visiontales/weights): small, trained from
+the recipe the code names, installed in seconds with the quality recorded when they were packed;
+and (`make check-rebuild`, run by CI after `make test`) a rebuild from scratch reaches that quality."""
+
+from __future__ import annotations
+
+import pytest
+
+from visiontales import bootstrap
+from visiontales.bootstrap import SHIPPED, SHIPPED_FILES, build_domain_backbones, quality, shipped_manifest
+
+HIGHER_IS_BETTER = {"retrieval_top1", "vae_psnr"}
+
+
+def worse_by(measured: dict, recorded: dict) -> dict[str, float]:
+    """How much worse each measure is than recorded: dB for PSNR, points for retrieval, relative
+    for perplexity and loss (negative: better)."""
+    out = {}
+    for kind, values in recorded.items():
+        for name, value in values.items():
+            got = measured[kind][name]
+            out[name] = value - got if name in HIGHER_IS_BETTER else got / value - 1
+    return out
+
+
+def test_shipped_weights_fit_in_20_mb_and_follow_the_code_recipe():
+    files = list(SHIPPED.rglob("*.safetensors"))
+    assert {f.relative_to(SHIPPED).as_posix() for f in SHIPPED.rglob("*") if f.is_file()} \
+        == {"manifest.json"} | {f"{kind}/{name}" for kind, names in SHIPPED_FILES.items() for name in names}
+    assert sum(f.stat().st_size for f in files) <= 20 * 2**20
+    stale = [kind for kind in SHIPPED_FILES if not bootstrap.shipped_matches(kind)]
+    assert not stale, f"the recipe of {stale} changed: repack with `visiontales bootstrap --rebuild --pack`"
+
+
+def test_shipped_backbones_install_in_place_with_their_recorded_quality(capsys):
+    from visiontales.backbones import domain_dir, load_clip, load_gpt2, load_stable_diffusion
+
+    directories = build_domain_backbones()
+    assert directories == {kind: domain_dir(kind) for kind in SHIPPED_FILES}
+    worse = worse_by(quality(directories), shipped_manifest()["quality"])
+    # fp16 storage costs next to nothing
+    assert worse["vae_psnr"] < 0.1 and worse["retrieval_top1"] <= 0.02, worse
+    assert worse["perplexity"] < 0.01 and worse["unet_loss"] < 0.02, worse
+    model, tokenizer = load_gpt2("tiny-domain")
+    assert next(model.parameters()).dtype.is_floating_point and next(model.parameters()).element_size() == 4
+    assert load_clip("tiny-domain").visual is not None and load_stable_diffusion("tiny-domain").vae_factor == 4
+
+
+@pytest.mark.rebuild
+def test_a_rebuild_from_scratch_reaches_the_shipped_quality(tmp_path, monkeypatch):
+    monkeypatch.setenv("VISIONTALES_HOME", str(tmp_path))
+    worse = worse_by(quality(build_domain_backbones(rebuild=True)), shipped_manifest()["quality"])
+    assert worse["vae_psnr"] < 0.5 and worse["retrieval_top1"] <= 0.05, worse
+    assert worse["perplexity"] < 0.05 and worse["unet_loss"] < 0.1, worse
