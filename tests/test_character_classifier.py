@@ -25,19 +25,21 @@ def test_true_labels_score_one_and_wrong_ones_less():
     assert scores["char_f1"] == pytest.approx(2 * 4 / (2 * 4 + 1))  # tp 4, fn 1, fp 0
 
 
-def test_learns_the_characters_of_a_batch(flintstones_root):
+def test_learns_the_characters_and_settings_of_a_batch(flintstones_root):
     from data_modules.flintstones import FlintstonesSVDataModule
+    from data_modules.synthetic import SETTINGS
 
     torch.manual_seed(0)
     dm = FlintstonesSVDataModule(str(flintstones_root), resolution=32, batch_size=8)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    model = CharacterClassifier(backbone="resnet18", resolution=32, lr=3e-3)
-    frames, labels = model.frames_and_labels(batch)
+    model = CharacterClassifier(backbone="resnet18", resolution=32, lr=3e-3, settings=list(SETTINGS))
+    frames, labels, settings = model.frames_and_labels(batch)
+    assert model.net.fc.out_features == 7 + len(SETTINGS) and bool((settings >= 0).all())
     optimizer = model.configure_optimizers()
     first = None
     for _ in range(80):  # enough for BatchNorm's running statistics too: scoring runs in eval mode
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(frames), labels)
+        loss = model.losses(batch)[0]
         first = first if first is not None else loss.item()
         optimizer.zero_grad()
         loss.backward()
@@ -45,6 +47,22 @@ def test_learns_the_characters_of_a_batch(flintstones_root):
     assert loss.item() < 0.2 * first
     scores = score_frames(model, frames, labels)
     assert scores["char_f1"] > 0.9 and scores["char_acc"] > 0.7
+    model.eval()
+    assert (model.predict_settings(frames) == settings).float().mean() > 0.9
+
+
+def test_the_setting_classes_are_the_common_annotated_settings(flintstones_root):
+    import lightning as L
+
+    from data_modules.flintstones import FlintstonesSVDataModule
+    from data_modules.synthetic import SETTINGS
+
+    model = CharacterClassifier(resolution=32)
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(model, FlintstonesSVDataModule(str(flintstones_root), resolution=32, batch_size=2))
+    assert sorted(model.hparams.settings) == sorted(SETTINGS)
+    assert model.net.fc.out_features == 7 + len(SETTINGS)
 
 
 def test_local_backbone_weights_and_bad_names(tmp_path):

@@ -141,6 +141,11 @@ def test_evaluate_a_visualizer_writes_its_files_and_repeats_itself(trained, flin
     assert main(["evaluate", "--real-frames", *args[3:], "--out", str(tmp_path / "real")]) == 0
     real = json.loads((tmp_path / "real" / "metrics.json").read_text())["metrics"]
     assert real["fid"] == pytest.approx(0.0, abs=1e-3)
+    # as an untrained VAE rebuilds them they are far from themselves; the option needs --real-frames
+    assert main(["evaluate", "--real-frames", "--through-vae", "tiny", *args[3:], "--out", str(tmp_path / "vae")]) == 0
+    through = json.loads((tmp_path / "vae" / "metrics.json").read_text())
+    assert through["kind"] == "real frames through the VAE" and through["metrics"]["fid"] > 1.0
+    assert main(["evaluate", "--through-vae", "tiny", *args[1:], "--out", str(tmp_path / "x")]) == 2
 
 
 def test_evaluate_the_captioner_gives_text_metrics(trained, flintstones_root, tmp_path):
@@ -237,3 +242,40 @@ def test_headless_chromium_renders_a_page(tmp_path):
     with Image.open(out) as img:
         assert img.size == (320, 200)
         assert img.convert("RGB").getpixel((300, 190)) == (0, 255, 0)  # the page's background, rendered
+
+
+class _Judge:
+    """A stand-in classifier whose decisions per frame are given: frame value i -> row i."""
+
+    device = torch.device("cpu")
+    hparams = {"settings": ["quarry", "living room"]}
+
+    def __init__(self, characters: list[list[int]], settings: list[int]) -> None:
+        self.characters, self.settings = torch.tensor(characters).float(), torch.tensor(settings)
+
+    def eval(self):
+        return self
+
+    def predict_characters(self, frames):
+        return self.characters[frames[:, 0, 0, 0].long()]
+
+    def predict_settings(self, frames):
+        return self.settings[frames[:, 0, 0, 0].long()]
+
+
+def test_story_consistency_counts_shared_characters_and_settings():
+    from visiontales.evaluation.evaluate import named_setting, story_consistency
+
+    assert named_setting("Fred is walking in the living room.", ["living room", "room"]) == "living room"
+    assert named_setting("Fred is walking.", ["quarry"]) is None
+    captions = ["Fred and Barney are talking in the quarry.", "Fred is laughing in the quarry.",
+                "Wilma is sitting in the living room."]
+    frames = torch.arange(3).float().view(3, 1, 1, 1).expand(3, 3, 4, 4)
+    story = {"captions": captions, "frame_tensor": frames, "given_frames": [False] * 3}
+    fred, barney = [0, 1, 0, 0, 0, 0, 0], [0, 1, 0, 1, 0, 0, 0]  # barney: Fred and Barney
+    # pair 0-1 shares Fred and the quarry; pair 1-2 shares nothing: two checks
+    assert story_consistency([story], _Judge([barney, fred, fred], [0, 0, 1])) == (1.0, 2)
+    assert story_consistency([story], _Judge([barney, [0] * 7, fred], [0, 1, 1])) == (0.0, 2)
+    # a given (real) frame is not the pipeline's: its pairs are skipped
+    given = {**story, "given_frames": [True, False, False]}
+    assert story_consistency([given], _Judge([barney, fred, fred], [0, 0, 1]))[1] == 0

@@ -17,7 +17,8 @@ from typing import Any
 
 from visiontales.evaluation.evaluate import LABELS
 
-TABLE_COLUMNS = ("char_acc", "char_f1", "fid", "clip_score", "bleu4", "meteor", "rougeL", "cider")
+TABLE_COLUMNS = ("char_acc", "char_f1", "consistency", "fid", "clip_score", "bleu4", "meteor", "rougeL", "cider")
+PERCENT = ("char_acc", "char_f1", "consistency")
 
 
 def epoch_series(run_dir: Path, tag: str) -> list[float]:
@@ -151,7 +152,7 @@ def results_rows(table: dict[str, dict[str, Any]], manifest: dict[str, Any]) -> 
         row = [f"<a href='eval/{slug}/metrics.md'>{html.escape(label)}</a>"]
         for key in TABLE_COLUMNS:
             value = m.get(key)
-            cell = "" if value is None else f"{100 * value:.2f}" if key in ("char_acc", "char_f1") else f"{value:.3f}"
+            cell = "" if value is None else f"{100 * value:.2f}" if key in PERCENT else f"{value:.3f}"
             if key == "fid" and value is not None:
                 cell += " " + protocols[m["fid_protocol"]]
             row.append(cell)

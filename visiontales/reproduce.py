@@ -231,7 +231,7 @@ class Row:
 
     id: str
     label: str
-    source: Use | Literal["real frames", "stories"]
+    source: Use | Literal["real frames", "vae reconstructions", "stories", "stories with continuity"]
 
 
 RUNS = (
@@ -260,6 +260,7 @@ ROWS = (
     Row("storyteller_prompt", "CLIPStoryteller, prompt conditioning (paper)", Use("storyteller_prompt")),
     Row("captioner", "SAGANets captioner (1 epoch; Char-F1 of the characters its captions name)", Use("captioner")),
     Row("real_frames", "real frames", "real frames"),
+    Row("vae_reconstructions", "real frames through the VAE (the ceiling of a latent visualizer)", "vae reconstructions"),
     Row("lora_untrained", "LoRA untrained (alpha 0)", Use("lora", "epoch-1", lora_alpha=0)),
     Row("lora_alpha32", "LoRA 1 epoch, alpha 32", BOARDS["lora_alpha32"]),
     Row("lora", "LoRA 1 epoch, alpha 10", LORA_1),
@@ -270,8 +271,12 @@ ROWS = (
     Row("temporal_coherence", "temporal coherence", BOARDS["temporal_coherence"]),
     Row("combined", "combined", BOARDS["combined"]),
     Row("story_pipeline", "SAGANets pipeline (captioner + LoRA 1 epoch, alpha 10)", "stories"),
+    Row("story_pipeline_continuity", "SAGANets pipeline, each frame started from the one before (continuity "
+        "strength {continuity})", "stories with continuity"),
 )
 STORIES_FROM_PREFIXES = LORA_1  # the visualizer of the stories continued from test prefixes
+CONTINUITY = 0.7  # the continuity strength of the story_pipeline_continuity row (beyond the paper)
+STORY_RUNS = {"stories": "sagan_stories", "stories with continuity": "sagan_stories_continuity"}
 
 
 def backbone_overrides(config: Path, backbones: dict[str, str]) -> list[str]:
@@ -337,12 +342,14 @@ def plan(profile: Profile, report_dir: Path, runs_dir: Path) -> list[Step]:
              "--seed", "0", *profile.sample]
     steps += [Step(f"story {name}", ["story", "--visualizer", checkpoint(use), *story, *alpha(use),
                                      "--out", str(report_dir / "stories" / name)]) for name, use in BOARDS.items()]
-    steps.append(Step("stories from test prefixes", [
-        *r.lightning_args("predict", "sagan_stories", "sagan_story", flint), *profile.predict,
-        "--model.init_args.captioner_checkpoint", last["captioner"],
-        "--model.init_args.visualizer_checkpoint", checkpoint(STORIES_FROM_PREFIXES),
-        "--model.init_args.lora_alpha", str(STORIES_FROM_PREFIXES.lora_alpha),
-        "--trainer.limit_predict_batches", str(profile.stories)]))
+    for source, name in STORY_RUNS.items():
+        continuity = ["--model.init_args.continuity_strength", str(CONTINUITY)] if "continuity" in source else []
+        steps.append(Step(f"{source} from test prefixes", [
+            *r.lightning_args("predict", name, "sagan_story", flint), *profile.predict,
+            "--model.init_args.captioner_checkpoint", last["captioner"],
+            "--model.init_args.visualizer_checkpoint", checkpoint(STORIES_FROM_PREFIXES),
+            "--model.init_args.lora_alpha", str(STORIES_FROM_PREFIXES.lora_alpha), *continuity,
+            "--trainer.limit_predict_batches", str(profile.stories)]))
 
     # every row on the same split, captions and seeds; the image options are ignored for text models
     image = ["--classifier", last["character_classifier"], "--clip", profile.clip, *profile.evaluate, *profile.sample]
@@ -353,8 +360,10 @@ def plan(profile: Profile, report_dir: Path, runs_dir: Path) -> list[Step]:
                     "--data-root", str(roots[dataset_of[row.source.run]])]
         elif row.source == "real frames":
             args = ["--real-frames", "--data-root", str(flint)]
+        elif row.source == "vae reconstructions":
+            args = ["--real-frames", "--through-vae", profile.backbones["sd"], "--data-root", str(flint)]
         else:
-            args = ["--stories", str(runs_dir / "sagan_stories"), "--data-root", str(flint)]
+            args = ["--stories", str(runs_dir / STORY_RUNS[row.source]), "--data-root", str(flint)]
         steps.append(Step(f"evaluate {row.id}", ["evaluate", "--out", str(report_dir / "eval" / row.id), *args, *image]))
     return steps
 
@@ -371,7 +380,8 @@ def run_profile(profile: Profile, report_dir: Path, runs_dir: Path, reuse: bool 
         else:
             r.vt(step.name, step.args)
     manifest = {"profile": profile.name, "vist_root": str(profile.vist_root), "runs": r.runs, "timings_s": r.timings,
-                "rows": [{"id": row.id, "label": row.label.format(lora_epochs=profile.lora_epochs)} for row in ROWS],
+                "rows": [{"id": row.id, "label": row.label.format(lora_epochs=profile.lora_epochs, continuity=CONTINUITY)}
+                         for row in ROWS],
                 "boards": list(BOARDS), "lora_epochs": profile.lora_epochs}
     (report_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return build_report(report_dir, runs_dir, manifest)

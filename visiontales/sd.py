@@ -30,6 +30,13 @@ HALF_PRECISIONS = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 SAMPLERS = ("ddim", "dpm")
 
 
+@torch.no_grad()
+def reconstruct(vae: nn.Module, frames: torch.Tensor) -> torch.Tensor:
+    """Frames (N, 3, H, W) in [-1, 1] encoded by the VAE (posterior mean) and decoded back."""
+    x = frames.to(vae.device, vae.dtype)
+    return vae.decode(vae.encode(x).latent_dist.mean).sample.float().clamp(-1, 1).to(frames.device)
+
+
 def encode_latents(vae: nn.Module, frames: torch.Tensor) -> torch.Tensor:
     """Scaled latents (the posterior mean times the scaling factor, unit variance on the data it was
     measured on) of frames in [-1, 1], differentiable with respect to the frames when gradients

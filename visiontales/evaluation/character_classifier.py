@@ -1,4 +1,5 @@
-"""The FlintstonesSV character classifier: which of the 7 main characters a frame shows.
+"""The FlintstonesSV character classifier: which of the 7 main characters a frame shows (and, on a
+second head over the same features, which setting).
 
 The evaluation protocol of StoryGAN / StoryDALL-E / StoryGPT-V scores generated frames with a
 multi-label classifier trained on the dataset's frames: Char-Acc is the exact match of the whole
@@ -38,7 +39,8 @@ class CharacterClassifier(VisionTalesModule, kind="character_classifier"):
     monitor = ("val/char_f1", "max")
 
     def __init__(self, backbone: str = "resnet18", weights: str | None = None, resolution: int = 128,
-                 lr: float = 1e-3, weight_decay: float = 1e-4) -> None:
+                 lr: float = 1e-3, weight_decay: float = 1e-4, settings: list[str] | None = None,
+                 min_setting_share: float = 0.01) -> None:
         """
         Args:
             backbone: a torchvision classification model name (resnet18, resnet50, inception_v3, ...).
@@ -47,6 +49,11 @@ class CharacterClassifier(VisionTalesModule, kind="character_classifier"):
             resolution: frame side fed to the backbone (frames are resized to it).
             lr: AdamW learning rate.
             weight_decay: AdamW weight decay.
+            settings: the classes of the setting head (which setting a frame shows, for the
+                story-consistency score), trained beside the characters on the same features;
+                None: the annotated settings of at least `min_setting_share` of the training
+                clips, found when fitting starts and saved with the checkpoint.
+            min_setting_share: see `settings`.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -55,7 +62,7 @@ class CharacterClassifier(VisionTalesModule, kind="character_classifier"):
         if backbone not in list_models():
             raise VisionTalesError(f"backbone '{backbone}' is not a torchvision model (see torchvision.models.list_models())")
         extra = {"aux_logits": False, "init_weights": True} if backbone == "inception_v3" else {}
-        self.net = get_model(backbone, weights=None, num_classes=len(MAIN_CHARACTERS), **extra)
+        self.net = get_model(backbone, weights=None, num_classes=len(MAIN_CHARACTERS) + len(settings or []), **extra)
         if weights:
             self.load_backbone(Path(weights))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -73,13 +80,46 @@ class CharacterClassifier(VisionTalesModule, kind="character_classifier"):
             raise VisionTalesError(f"{path}: no tensor matches the {self.hparams.backbone} backbone")
         self.net.load_state_dict(usable, strict=False)
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """Logits (N, 7) for frames (N, 3, H, W) in [-1, 1]."""
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit" and self.hparams.settings is None:
+            self.hparams.settings = self.common_settings(self.trainer.datamodule)
+            head_name, head = self.head()
+            parent = self.net.get_submodule(head_name.rpartition(".")[0]) if "." in head_name else self.net
+            setattr(parent, head_name.rpartition(".")[2],
+                    torch.nn.Linear(head.in_features, len(MAIN_CHARACTERS) + len(self.hparams.settings)))
+
+    def common_settings(self, datamodule) -> list[str]:
+        """The annotated settings of at least `min_setting_share` of the training clips, most common first."""
+        from collections import Counter
+
+        clips = {c for story in datamodule.datasets["train"].stories for c in story}
+        counts = Counter(datamodule.index.clips[c].setting.strip().lower() for c in clips)
+        counts.pop("", None)
+        return [name for name, n in counts.most_common() if n >= self.hparams.min_setting_share * len(clips)]
+
+    def head(self) -> tuple[str, torch.nn.Linear]:
+        """(name, module) of the backbone's last Linear layer: the characters' and settings' logits."""
+        return [(name, m) for name, m in self.net.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+
+    def classify(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(character logits (N, 7), setting logits (N, len(settings))) for frames (N, 3, H, W) in [-1, 1]."""
         size = self.hparams.resolution
         x = (frames.float() + 1) / 2
         if x.shape[-1] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        return self.net((x - self.mean) / self.std)
+        logits = self.net((x - self.mean) / self.std)
+        return logits[:, :len(MAIN_CHARACTERS)], logits[:, len(MAIN_CHARACTERS):]
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """Character logits (N, 7) for frames (N, 3, H, W) in [-1, 1]."""
+        return self.classify(frames)[0]
+
+    @torch.no_grad()
+    def predict_settings(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N,) index into `hparams.settings` of the setting each frame shows (-1 without a setting head)."""
+        logits = self.classify(frames)[1]
+        return logits.argmax(1) if logits.shape[1] else torch.full((len(frames),), -1, device=frames.device)
 
     def features(self, frames: torch.Tensor) -> torch.Tensor:
         """What the backbone feeds its classification head (N, D): the input of its last Linear."""
@@ -97,23 +137,40 @@ class CharacterClassifier(VisionTalesModule, kind="character_classifier"):
         """(N, 7) 0/1 decisions (logit > 0) for frames in [-1, 1]."""
         return (self(frames) > 0).float()
 
-    def frames_and_labels(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        return batch["images"].flatten(0, 1), batch["characters"].flatten(0, 1)
+    def frames_and_labels(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every frame of the batch's stories with its character labels and its setting's index
+        (-100 where the setting is not a class of the head)."""
+        classes = {name: i for i, name in enumerate(self.hparams.settings or [])}
+        settings = [classes.get(s.strip().lower(), -100) for story in batch["settings"] for s in story]
+        return (batch["images"].flatten(0, 1), batch["characters"].flatten(0, 1),
+                torch.tensor(settings, device=self.device))
+
+    def losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, character logits, labels, setting accuracy or NaN): binary cross-entropy of the
+        characters plus cross-entropy of the settings a class names."""
+        frames, labels, settings = self.frames_and_labels(batch)
+        logits, setting_logits = self.classify(frames)
+        loss = F.binary_cross_entropy_with_logits(logits, labels)
+        known = settings >= 0
+        accuracy = torch.tensor(float("nan"))
+        if known.any():
+            loss = loss + F.cross_entropy(setting_logits[known], settings[known])
+            accuracy = (setting_logits[known].argmax(1) == settings[known]).float().mean()
+        return loss, logits, labels, accuracy
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        frames, labels = self.frames_and_labels(batch)
-        loss = F.binary_cross_entropy_with_logits(self(frames), labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(frames))
+        loss, _, labels, _ = self.losses(batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
         return loss
 
     def _evaluate(self, batch: dict[str, Any], split: str) -> None:
-        frames, labels = self.frames_and_labels(batch)
-        logits = self(frames)
-        self.log(f"{split}/loss", F.binary_cross_entropy_with_logits(logits, labels), batch_size=len(frames),
-                 sync_dist=True)
+        loss, logits, labels, setting_acc = self.losses(batch)
+        self.log(f"{split}/loss", loss, batch_size=len(labels), sync_dist=True)
+        if not setting_acc.isnan():
+            self.log(f"{split}/setting_acc", setting_acc, batch_size=len(labels), sync_dist=True)
         for name, metric in self.split_metrics[split].items():
             metric.update(logits.sigmoid(), labels.int())
-            self.log(f"{split}/{name}", metric, batch_size=len(frames))
+            self.log(f"{split}/{name}", metric, batch_size=len(labels))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, "val")

@@ -12,7 +12,8 @@ metrics.json and metrics.md.
   the whole SAGANets pipeline: text metrics of the generated captions against the reference
   captions of the same steps, Char-F1 of each drawn frame against the characters its caption
   names, Char-Acc/F1 against the labels where the caption was the reference one, CLIPScore,
-  and FID against the split's real frames.
+  FID against the split's real frames, and story consistency (`CONSISTENCY`: do consecutive
+  frames show the characters and setting their captions share, by the classifier's two heads).
 """
 
 from __future__ import annotations
@@ -30,13 +31,15 @@ from PIL import Image
 
 from visiontales.devices import Placement
 from visiontales.errors import VisionTalesError
+from visiontales.sd import reconstruct
 
 LOG = logging.getLogger("visiontales")
 LABELS = {"char_acc": "Char-Acc", "char_f1": "Char-F1", "fid": "FID", "clip_score": "CLIPScore",
           "bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "meteor": "METEOR",
           "rougeL": "ROUGE-L", "cider": "CIDEr", "ppl": "PPL", "loss": "loss",
           "named_char_f1": "Char-F1 vs caption names", "given_char_acc": "Char-Acc (reference captions)",
-          "given_char_f1": "Char-F1 (reference captions)"}
+          "given_char_f1": "Char-F1 (reference captions)",
+          "consistency": "Consistency"}
 
 
 @dataclass
@@ -139,21 +142,29 @@ def save_grid(frames: torch.Tensor, path: Path, nrow: int = 8) -> Path:
 
 def evaluate_visualizer(visualizer, checkpoint: Path, data_root: Path, split: str, out: Path, classifier,
                         clip_model, max_frames: int | None, seed: int, lora_alpha: float | None,
-                        inception_weights=None, reference: bool = False, batch_size: int = 8) -> Evaluation:
-    """Frames a Visualizer draws for the split's captions (or, with `reference`, the real frames),
-    `batch_size` at a time on the visualizer's device."""
+                        inception_weights=None, reference: bool = False, batch_size: int = 8,
+                        through_vae=None) -> Evaluation:
+    """Frames a Visualizer draws for the split's captions (or, with `reference`, the real frames;
+    with `through_vae` too, the real frames as that VAE reconstructs them), `batch_size` at a time
+    on the visualizer's device."""
     size = visualizer.resolution if visualizer is not None else 64
     real, captions, labels, clips = split_clips(data_root, split, size, max_frames)
     if len(captions) < 2:
         raise VisionTalesError(f"{data_root}: {len(captions)} clip(s) to score in split '{split}'"
                                f"{'' if max_frames is None else f' (--max-frames {max_frames})'}; FID needs at least 2")
     seeds = [seed + i for i in range(len(captions))]
-    frames = real if reference else visualizer.draw(captions, seeds, lora_alpha, batch_size)
+    if not reference:
+        frames = visualizer.draw(captions, seeds, lora_alpha, batch_size)
+    elif through_vae is not None:
+        frames = torch.cat([reconstruct(through_vae, real[i:i + batch_size]) for i in range(0, len(real), batch_size)])
+    else:
+        frames = real
     metrics, protocols = image_metrics(frames, captions, labels, real, classifier, clip_model, inception_weights)
     save_grid(torch.cat([frames[:8], real[:8]]), out / "samples.png")
     shown = [{"clip": c, "caption": t} for c, t in zip(clips[:8], captions[:8], strict=True)]
     (out / "samples.json").write_text(json.dumps(shown, indent=1))
-    kind = "real frames" if reference else type(visualizer).__name__
+    kind = type(visualizer).__name__ if not reference else \
+        "real frames" if through_vae is None else "real frames through the VAE"
     settings = {"seed": seed, "lora_alpha": lora_alpha, "resolution": size, "frames": "fixed evaluation frame"}
     return Evaluation(kind, str(checkpoint), str(data_root), split, len(frames), metrics, protocols, settings)
 
@@ -208,6 +219,7 @@ def evaluate_stories(folder: Path, data_root: Path, split: str, out: Path, class
                 predictions[key], references[key] = caption, [reference_captions[step]]
     if not drawn:
         raise VisionTalesError(f"{folder}: the stories hold no drawn frames to score")
+    consistency, checks = story_consistency(stories, classifier)
     frames = torch.stack(drawn)
     size = frames.shape[-1]
     real, *_ = split_clips(data_root, split, size, max(len(frames), 2))
@@ -221,5 +233,48 @@ def evaluate_stories(folder: Path, data_root: Path, split: str, out: Path, class
     if predictions:
         metrics.update({k: float(v) for k, v in coco_caption_scores(predictions, references).items()})
     protocols["named_char_f1"] = "classifier decisions on each drawn frame vs the main characters its caption names"
+    if checks:
+        metrics["consistency"] = consistency
+        protocols["consistency"] = CONSISTENCY
     return Evaluation("SAGANets stories", str(folder), str(data_root), split, len(frames), metrics, protocols,
-                      {"stories": len(stories), "generated_captions": len(predictions)})
+                      {"stories": len(stories), "generated_captions": len(predictions), "consistency_checks": checks})
+
+
+CONSISTENCY = ("share of passed checks over consecutive drawn frames: each character both captions name is "
+               "detected in both frames; where both captions name the same setting, the setting head gives "
+               "both frames the same setting")
+
+
+def named_setting(caption: str, settings: list[str]) -> str | None:
+    """The setting class a caption names ("... in the quarry." -> "quarry"), the longest if several."""
+    import re
+
+    text = caption.casefold()
+    named = [s for s in settings if re.search(rf"\b{re.escape(s.casefold())}\b", text)]
+    return max(named, key=len) if named else None
+
+
+def story_consistency(stories: list[dict[str, Any]], classifier) -> tuple[float, int]:
+    """(share of passed checks, number of checks) over every pair of consecutive drawn frames of
+    each story (see CONSISTENCY); (nan, 0) where no pair has anything to check."""
+    from visiontales.vocabulary import named_characters
+
+    settings = list(classifier.hparams.get("settings") or [])
+    passed, checks = 0, 0
+    for s in stories:
+        captions, frames = s["captions"], s["frame_tensor"].to(classifier.device)
+        classifier.eval()
+        shown = classifier.predict_characters(frames).bool().cpu()
+        place = classifier.predict_settings(frames).cpu()
+        named = named_characters(captions).bool()
+        for k in range(len(captions) - 1):
+            if s["given_frames"][k] or s["given_frames"][k + 1]:
+                continue
+            both = named[k] & named[k + 1]
+            checks += int(both.sum())
+            passed += int((both & shown[k] & shown[k + 1]).sum())
+            setting = named_setting(captions[k], settings)
+            if settings and setting is not None and setting == named_setting(captions[k + 1], settings):
+                checks += 1
+                passed += int(place[k] == place[k + 1])
+    return (passed / checks if checks else float("nan")), checks
