@@ -14,7 +14,7 @@ HIGHER_IS_BETTER = {"retrieval_top1", "vae_psnr"}
 
 def worse_by(measured: dict, recorded: dict) -> dict[str, float]:
     """How much worse each measure is than recorded: dB for PSNR, points for retrieval, relative
-    for perplexity and loss (negative: better)."""
+    for perplexity, posterior noise and loss (negative: better)."""
     out = {}
     for kind, values in recorded.items():
         for name, value in values.items():
@@ -40,7 +40,7 @@ def test_shipped_backbones_install_in_place_with_their_recorded_quality(capsys):
     worse = worse_by(quality(directories), shipped_manifest()["quality"])
     # fp16 storage costs next to nothing
     assert worse["vae_psnr"] < 0.1 and worse["retrieval_top1"] <= 0.02, worse
-    assert worse["perplexity"] < 0.01 and worse["unet_loss"] < 0.02, worse
+    assert worse["perplexity"] < 0.01 and worse["unet_loss"] < 0.02 and worse["vae_posterior_noise"] < 0.02, worse
     model, tokenizer = load_gpt2("tiny-domain")
     assert next(model.parameters()).dtype.is_floating_point and next(model.parameters()).element_size() == 4
     assert load_clip("tiny-domain").visual is not None and load_stable_diffusion("tiny-domain").vae_factor == 4
@@ -51,4 +51,4 @@ def test_a_rebuild_from_scratch_reaches_the_shipped_quality(tmp_path, monkeypatc
     monkeypatch.setenv("VISIONTALES_HOME", str(tmp_path))
     worse = worse_by(quality(build_domain_backbones(rebuild=True)), shipped_manifest()["quality"])
     assert worse["vae_psnr"] < 0.5 and worse["retrieval_top1"] <= 0.05, worse
-    assert worse["perplexity"] < 0.05 and worse["unet_loss"] < 0.1, worse
+    assert worse["perplexity"] < 0.05 and worse["unet_loss"] < 0.1 and worse["vae_posterior_noise"] < 0.1, worse

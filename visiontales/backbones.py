@@ -227,11 +227,11 @@ TINY_VAE = {"block_out_channels": [32, 64], "in_channels": 3, "out_channels": 3,
 DOMAIN_VAE = {**TINY_VAE, "block_out_channels": [16, 32, 64], "norm_num_groups": 16, "latent_channels": 8,
               "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3}
 DOMAIN_UNET = {**TINY_UNET, "sample_size": 16, "in_channels": 8, "out_channels": 8}
-# how `visiontales bootstrap --rebuild` trains each tiny-domain backbone (about 0.5 + 1 + 8 + 7 minutes
+# how `visiontales bootstrap --rebuild` trains each tiny-domain backbone (about 0.5 + 1 + 8 + 13 minutes
 # on 2 CPU cores); part of the backbones' cache key: change one and they are rebuilt (and the
 # shipped weights, trained from the old recipe, no longer install)
-DOMAIN_SCHEDULE = {"gpt2_steps": 600, "clip_steps": 400, "vae_steps": 1600, "vae_lr": 2e-3, "vae_batch": 16,
-                   "vae_frames": 1400, "unet_steps": 1200, "batch": 32, "sd_resolution": 64}
+DOMAIN_SCHEDULE = {"gpt2_steps": 600, "clip_steps": 400, "vae_steps": 1600, "vae_lr": 2e-3, "vae_kl": 1e-6, "vae_batch": 16,
+                   "vae_frames": 1400, "unet_steps": 1200, "unet_cooldown_steps": 1200, "batch": 32, "sd_resolution": 64}
 TINY_TEXT = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 5,
              "vocab_size": 49408, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407,
              "max_position_embeddings": 77}

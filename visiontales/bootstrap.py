@@ -176,7 +176,7 @@ def train_clip(model: torch.nn.Module, steps: int = SCHEDULE["clip_steps"]) -> l
 
 
 def train_vae(vae: torch.nn.Module, steps: int = SCHEDULE["vae_steps"]) -> list[float]:
-    """Reconstruction (L1) + a light KL term on 64 px photos and frames (FlintstonesSV's weighted up:
+    """Reconstruction (L1) + SD's light KL term on 64 px photos and frames (FlintstonesSV's weighted up:
     its characters are the small details that must survive); then sets the latent
     scaling factor to 1 / std of the latents, as Stable Diffusion's was measured."""
     torch.manual_seed(SEED)
@@ -189,7 +189,11 @@ def train_vae(vae: torch.nn.Module, steps: int = SCHEDULE["vae_steps"]) -> list[
     for index in _batches(len(images), SCHEDULE["vae_batch"], steps, SEED):
         x = images[index]
         posterior = vae.encode(x).latent_dist
-        loss = F.l1_loss(vae.decode(posterior.sample()).sample, x) + 1e-6 * posterior.kl().mean()
+        # SD's balance: KL (summed over latent dims) at 1e-6 of a reconstruction loss summed over
+        # pixels; ours is a mean over pixels, so the KL is divided by their count. Weighed against
+        # the mean alone it is ~10^4 times stronger: channels collapse to the prior and the posterior
+        # noise swamps the latents the UNet is trained on.
+        loss = F.l1_loss(vae.decode(posterior.sample()).sample, x) + SCHEDULE["vae_kl"] * posterior.kl().mean() / x[0].numel()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -202,10 +206,11 @@ def train_vae(vae: torch.nn.Module, steps: int = SCHEDULE["vae_steps"]) -> list[
     return losses
 
 
-def train_unet(sd: StableDiffusion, steps: int = SCHEDULE["unet_steps"]) -> list[float]:
+def train_unet(sd: StableDiffusion, steps: int = SCHEDULE["unet_steps"], cooldown: bool = False) -> list[float]:
     """Text-to-image pretraining of the UNet (the toolkit's diffusion loss), in place, on the
     "general domain": synthetic VIST photos and the FlintstonesSV settings with nobody in them
-    (never a character)."""
+    (never a character). `cooldown`: the learning rate falls linearly to 0 over the steps (a second
+    pass so run removes most of the mottled noise the constant rate leaves in sampled frames)."""
     torch.manual_seed(SEED)
     size = SCHEDULE["sd_resolution"]
     pairs = vist_samples(800, SEED + 4) + empty_settings(200, SEED + 5)
@@ -217,15 +222,17 @@ def train_unet(sd: StableDiffusion, steps: int = SCHEDULE["unet_steps"]) -> list
                              for i in range(0, len(images), 64)])
     sd.unet.train()
     optimizer = torch.optim.AdamW(sd.unet.parameters(), lr=5e-4)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: max(0.0, 1 - i / steps) if cooldown else 1.0)
     losses, start = [], time.time()
     for index in _batches(len(images), SCHEDULE["batch"], steps, SEED):
         loss = sd.diffusion_loss(latents[index], states[index])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        schedule.step()
         losses.append(loss.item())
     sd.unet.eval()
-    _report("UNet text-to-image (VIST photos, empty settings)", losses, start)
+    _report(f"UNet text-to-image (VIST photos, empty settings){', cooldown' if cooldown else ''}", losses, start)
     return losses
 
 
@@ -258,6 +265,7 @@ def _train(kind: str, directory: Path) -> None:
         sd.vae.save_pretrained(directory / "vae")
         sd.unet.requires_grad_(True)
         train_unet(sd)
+        train_unet(sd, SCHEDULE["unet_cooldown_steps"], cooldown=True)  # a fresh optimizer
         sd.unet.save_pretrained(directory / "unet")
 
 
@@ -381,8 +389,10 @@ def quality(directories: dict[str, Path]) -> dict[str, dict[str, float]]:
     - gpt2: perplexity of 200 synthetic stories and caption runs;
     - clip: top-1 caption retrieval among 128 photo/frame-caption pairs (a hit: the best-scoring
       caption reads the same as the image's own);
-    - sd: VAE PSNR (dB) of 200 reconstructed 64 px photos and frames (posterior mean), and the UNet's
-      diffusion loss on 128 general-domain pairs at fixed noise and timesteps.
+    - sd: VAE PSNR (dB) of 200 reconstructed 64 px photos and frames (posterior mean), the VAE's
+      posterior noise (mean posterior std over the std of the posterior means: what sampling a
+      latent adds to it; SD's is far below 1), and the UNet's diffusion loss on 128 general-domain
+      pairs at fixed noise and timesteps.
     """
     import math
 
@@ -411,11 +421,12 @@ def quality(directories: dict[str, Path]) -> dict[str, dict[str, float]]:
     size = SCHEDULE["sd_resolution"]
     images = pixels([p for p, _ in vist_samples(100, HELD_OUT + 3) + flintstones_samples(100, HELD_OUT + 4)], size)
     images = images.float() / 127.5 - 1
-    recon = torch.cat([sd.vae.decode(sd.vae.encode(images[i:i + 50]).latent_dist.mean).sample
-                       for i in range(0, len(images), 50)]).clamp(-1, 1)
+    posteriors = [sd.vae.encode(images[i:i + 50]).latent_dist for i in range(0, len(images), 50)]
+    recon = torch.cat([sd.vae.decode(p.mean).sample for p in posteriors]).clamp(-1, 1)
     mse = F.mse_loss((recon + 1) / 2, (images + 1) / 2).item()
+    noise = torch.cat([p.std for p in posteriors]).mean() / torch.cat([p.mean for p in posteriors]).std()
     pairs = vist_samples(96, HELD_OUT + 5) + empty_settings(32, HELD_OUT + 6)
     latents = encode_latents(sd.vae, pixels([p for p, _ in pairs], size).float() / 127.5 - 1)
     loss = sd.diffusion_loss(latents, sd.encode_prompts([t for _, t in pairs]), torch.Generator().manual_seed(HELD_OUT))
-    out["sd"] = {"vae_psnr": 10 * math.log10(1 / mse), "unet_loss": loss.item()}
+    out["sd"] = {"vae_psnr": 10 * math.log10(1 / mse), "vae_posterior_noise": noise.item(), "unet_loss": loss.item()}
     return out
