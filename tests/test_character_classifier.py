@@ -35,7 +35,7 @@ def test_learns_the_characters_and_settings_of_a_batch(flintstones_root):
     batch = next(iter(dm.train_dataloader()))
     model = CharacterClassifier(backbone="resnet18", resolution=32, lr=3e-3, settings=list(SETTINGS))
     frames, labels, settings = model.frames_and_labels(batch)
-    assert model.net.fc.out_features == 7 + len(SETTINGS) and bool((settings >= 0).all())
+    assert model.setting_net[-1].out_features == len(SETTINGS) and bool((settings >= 0).all())
     optimizer = model.configure_optimizers()
     first = None
     for _ in range(80):  # enough for BatchNorm's running statistics too: scoring runs in eval mode
@@ -62,7 +62,7 @@ def test_the_setting_classes_are_the_common_annotated_settings(flintstones_root)
                         enable_model_summary=False, enable_checkpointing=False)
     trainer.fit(model, FlintstonesSVDataModule(str(flintstones_root), resolution=32, batch_size=2))
     assert sorted(model.hparams.settings) == sorted(SETTINGS)
-    assert model.net.fc.out_features == 7 + len(SETTINGS)
+    assert model.setting_net[-1].out_features == len(SETTINGS) and model.net.fc.out_features == 7
 
 
 def test_local_backbone_weights_and_bad_names(tmp_path):

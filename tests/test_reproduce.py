@@ -50,7 +50,7 @@ def test_smoke_runs_the_paper_profiles_steps_with_other_counts_only(tmp_path, mo
         steps[name] = [(s.name, s.args[0], s.run, {k: common(v) for k, v in _options(s.args).items()})
                        for s in listed[first:]]
     assert [s[:3] for s in steps["smoke"]] == [s[:3] for s in steps["paper"]]
-    assert len(steps["paper"]) == 1 + 9 + 2 + 8 + 1 + 14  # backbones, fits, samples, boards, stories, rows
+    assert len(steps["paper"]) == 1 + 9 + 2 + 8 + 2 + 16  # backbones, fits, samples, boards, stories (without and with continuity), rows
     configs = [s[3]["--config"] for s in steps["paper"] if "--config" in s[3]]
     assert configs and all(c.startswith("experiments/") and "/tiny/" not in c for c in configs)
     for (name, _, _, paper), (_, _, _, smoke) in zip(steps["paper"], steps["smoke"], strict=True):

@@ -7,7 +7,13 @@ from __future__ import annotations
 import pytest
 
 from visiontales import bootstrap
-from visiontales.bootstrap import SHIPPED, SHIPPED_FILES, build_domain_backbones, quality, shipped_manifest
+from visiontales.bootstrap import (
+    SHIPPED,
+    SHIPPED_FILES,
+    build_domain_backbones,
+    quality,
+    shipped_manifest,
+)
 
 HIGHER_IS_BETTER = {"retrieval_top1", "vae_psnr"}
 

@@ -415,7 +415,7 @@ def quality(directories: dict[str, Path]) -> dict[str, dict[str, float]]:
         / torch.tensor(std).view(1, 3, 1, 1)
     captions = [t for _, t in pairs]
     best = (clip.encode_image(x, normalize=True) @ clip.encode_text(open_clip.tokenize(captions), normalize=True).T).argmax(1)
-    out["clip"] = {"retrieval_top1": float(np.mean([captions[j] == c for j, c in zip(best.tolist(), captions)]))}
+    out["clip"] = {"retrieval_top1": float(np.mean([captions[j] == c for j, c in zip(best.tolist(), captions, strict=True)]))}
 
     sd = StableDiffusion.from_pretrained(str(directories["sd"]))
     size = SCHEDULE["sd_resolution"]

@@ -13,7 +13,8 @@ metrics.json and metrics.md.
   captions of the same steps, Char-F1 of each drawn frame against the characters its caption
   names, Char-Acc/F1 against the labels where the caption was the reference one, CLIPScore,
   FID against the split's real frames, and story consistency (`CONSISTENCY`: do consecutive
-  frames show the characters and setting their captions share, by the classifier's two heads).
+  frames show the characters and setting their captions share, by the classifier's character
+  head and setting network).
 """
 
 from __future__ import annotations
@@ -241,7 +242,7 @@ def evaluate_stories(folder: Path, data_root: Path, split: str, out: Path, class
 
 
 CONSISTENCY = ("share of passed checks over consecutive drawn frames: each character both captions name is "
-               "detected in both frames; where both captions name the same setting, the setting head gives "
+               "detected in both frames; where both captions name the same setting, the setting network gives "
                "both frames the same setting")
 
 
