@@ -16,8 +16,8 @@ A backbone is named by a spec string:
 out, and then loads it back through the same `from_pretrained` / `local-dir:` path as real weights.
 The tiny GPT-2 gets a byte-level BPE tokenizer trained on the synthetic datasets' sentences (the
 GPT-2 BPE files do not ship with transformers). `tiny-domain` is the same architecture trained on
-the synthetic worlds by `visiontales bootstrap` (visiontales.bootstrap, minutes): what the offline
-profile runs on. Nothing trains on demand: a run that names `tiny-domain` before it is built stops
+the synthetic worlds (visiontales.bootstrap; `visiontales bootstrap` installs the shipped weights):
+what the offline profile runs on. Nothing trains on demand: a run that names `tiny-domain` before it is built stops
 with one line saying how to build it.
 """
 
@@ -325,14 +325,15 @@ def _recipe_dir(kind: str) -> Path:
 
 
 def tiny_backbone_dir(spec: str, kind: str) -> Path:
-    """The directory of the `tiny` (built here on first use, seconds) or `tiny-domain` (built by
-    `visiontales bootstrap`, minutes) backbone of this kind: "gpt2", "clip" or "sd"."""
+    """The directory of the `tiny` (built here on first use, seconds) or `tiny-domain` (put in place
+    by `visiontales bootstrap`) backbone of this kind: "gpt2", "clip" or "sd"."""
     if spec == TINY:
         return build_once(_recipe_dir(kind), TINY_BUILDERS[kind])
     directory = domain_dir(kind)
     if not directory.is_dir():
         raise VisionTalesError(f"the tiny-domain {kind} backbone is not built (expected {directory}): run "
-                               f"`visiontales bootstrap` (minutes on a CPU) with the same VISIONTALES_HOME")
+                               f"`visiontales bootstrap` (seconds: it installs the shipped weights) with the same "
+                               f"VISIONTALES_HOME")
     return directory
 
 

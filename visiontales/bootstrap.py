@@ -18,7 +18,9 @@ play (web-scale pretraining, here the synthetic world):
 
 Each is saved exactly like a hub checkpoint under $VISIONTALES_HOME/backbones/ and loaded back
 through the same `from_pretrained` paths as real weights (visiontales.backbones names the
-directories). `visiontales bootstrap` builds what is missing; nothing else trains them.
+directories). `visiontales bootstrap` puts in place what is missing: from the weights that ship
+with the project (visiontales/weights, written by `pack`) where they were trained from this recipe,
+else trained here (`--rebuild`: always); nothing else builds them.
 """
 
 from __future__ import annotations
