@@ -262,9 +262,9 @@ def story_consistency(stories: list[dict[str, Any]], classifier) -> tuple[float,
 
     settings = list(classifier.hparams.get("settings") or [])
     passed, checks = 0, 0
+    classifier.eval()
     for s in stories:
         captions, frames = s["captions"], s["frame_tensor"].to(classifier.device)
-        classifier.eval()
         shown = classifier.predict_characters(frames).bool().cpu()
         place = classifier.predict_settings(frames).cpu()
         named = named_characters(captions).bool()
@@ -275,7 +275,7 @@ def story_consistency(stories: list[dict[str, Any]], classifier) -> tuple[float,
             checks += int(both.sum())
             passed += int((both & shown[k] & shown[k + 1]).sum())
             setting = named_setting(captions[k], settings)
-            if settings and setting is not None and setting == named_setting(captions[k + 1], settings):
+            if setting is not None and setting == named_setting(captions[k + 1], settings):
                 checks += 1
                 passed += int(place[k] == place[k + 1])
     return (passed / checks if checks else float("nan")), checks
