@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -295,8 +296,6 @@ SHIPPED_FILES = {
 
 def _copy_weights(source: Path, target: Path, dtype: torch.dtype) -> None:
     """Copy a file; a safetensors file with its floating-point tensors cast to `dtype`."""
-    import shutil
-
     import safetensors.torch
     from safetensors import safe_open
 
@@ -343,8 +342,6 @@ def install_shipped(kind: str, directory: Path) -> None:
 
 def pack(directories: dict[str, Path], quality: dict[str, dict[str, float]], out: Path = SHIPPED) -> Path:
     """Write the trained files of each backbone in fp16 under `out`, with manifest.json."""
-    import shutil
-
     shutil.rmtree(out, ignore_errors=True)
     for kind, directory in directories.items():
         for name in SHIPPED_FILES[kind]:
@@ -364,8 +361,6 @@ def build_domain_backbones(rebuild: bool = False) -> dict[str, Path]:
     for kind in SHIPPED_FILES:
         directory = backbones.domain_dir(kind)
         if rebuild and directory.is_dir():
-            import shutil
-
             shutil.rmtree(directory)
         if directory.is_dir():
             directories[kind] = directory

@@ -313,12 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
                                         "$VISIONTALES_HOME/backbones, where configs naming 'tiny-domain' find them: "
                                         "from the weights that ship with the project (seconds), or trained here where "
                                         "the shipped ones were trained from another recipe or with --rebuild (about "
-                                        "15 min on 2 CPU cores).")
+                                        "24 min on 2 CPU cores).")
     c.add_argument("--rebuild", action="store_true",
                    help="train every tiny-domain backbone here from synthetic data, replacing the cached ones")
     c.add_argument("--quality", type=Path, metavar="JSON",
                    help="also measure each backbone on held-out synthetic samples (GPT-2 perplexity, CLIP "
-                        "retrieval, VAE PSNR, UNet loss) and write them to this file")
+                        "retrieval, VAE PSNR and posterior noise, UNet loss) and write them to this file")
     c.add_argument("--pack", action="store_true",
                    help="(maintainers) also write the backbones, fp16, as the shipped weights in visiontales/weights "
                         "with their quality and recipe")
