@@ -67,6 +67,32 @@ def test_overfit_batch_then_continue_the_story():
     assert len(model.continue_story(STORY, 3)) == 3
 
 
+def test_continuations_have_words_and_name_each_character_once():
+    """Trained to end a story with an empty caption and to repeat a name, greedy decoding would
+    write both; the captioner writes a caption with words and the name once."""
+    torch.manual_seed(0)
+    model = SAGANetsCaptioner(gpt2="tiny", lr=3e-3)
+    stories = [["Barney is in the quarry.", "", "", "", ""],
+               ["Fred is in the yard.", "Wilma and Wilma are talking in the yard.", "", "", ""]]
+    batch = {"texts": stories, "prefix_len": [1, 1]}
+    optimizer = model.configure_optimizers()
+    for _ in range(80):
+        loss, _, _ = model.forward_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    prefixes = [story[:1] for story in stories]
+    ids = torch.tensor([model.prefix_ids(p) for p in prefixes])  # the same length: no padding
+    plain = model.gpt2.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False,
+                                eos_token_id=model.tokenizer.eos_token_id, pad_token_id=model.tokenizer.pad_token_id)
+    plain = [t.strip() for t in model.tokenizer.batch_decode(plain[:, ids.shape[1]:], skip_special_tokens=True)]
+    assert plain == ["", "Wilma and Wilma are talking in the yard."]  # what it learned
+    empty, repeated = model.next_captions(prefixes)
+    assert empty.strip(" .")
+    assert repeated.casefold().count("wilma") == 1 and repeated.startswith("Wilma and ")
+
+
 def test_lora_trains_adapters_and_scene_tokens_only():
     torch.manual_seed(0)
     model = SAGANetsCaptioner(gpt2="tiny", lora_rank=4, lora_alpha=8, lr=1e-2)

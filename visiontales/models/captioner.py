@@ -12,11 +12,13 @@ or adapted with LoRA on `c_attn` (peft) for larger models, the scene-token embed
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torchmetrics.classification import MultilabelF1Score
 from torchmetrics.text import Perplexity
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from visiontales.backbones import load_gpt2
 from visiontales.evaluation.text_metrics import CaptionScores
@@ -119,7 +121,9 @@ class SAGANetsCaptioner(TextGenerationModule, kind="saganets_captioner"):
         out = self.gpt2.generate(
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
             eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
-            **self.decoding_options())
+            # a caption has words, never a scene token, and names each character once
+            min_new_tokens=2, suppress_tokens=self.scene_ids,
+            logits_processor=LogitsProcessorList([CastOnce(self.tokenizer, t, self.device)]), **self.decoding_options())
         return [s.strip() for s in self.tokenizer.batch_decode(out[:, t:], skip_special_tokens=True)]
 
     def continue_story(self, captions: list[str], steps: int) -> list[str]:
@@ -131,6 +135,51 @@ class SAGANetsCaptioner(TextGenerationModule, kind="saganets_captioner"):
         for _ in range(steps):
             story.append(self.next_captions([story[-(STORY_LENGTH - 1):] if story else []])[0])
         return story[len(captions):]
+
+    # ------------------------------------------------------------------------------ export
+
+    def export(self, directory: Path) -> list[Path]:
+        """GPT-2 in transformers format with the scene tokens in its tokenizer; a LoRA captioner as
+        peft adapters (scene-token rows included) over its base GPT-2."""
+        before = set(directory.iterdir())
+        self.tokenizer.save_pretrained(directory)
+        self.gpt2.save_pretrained(directory)
+        return sorted(set(directory.iterdir()) - before)
+
+    def export_usage(self) -> str:
+        scenes = ", ".join(f'"{t}"' for t in SCENE_TOKENS)
+        if self.hparams.lora_rank:
+            load = f"""from peft import PeftModel
+
+tokenizer = AutoTokenizer.from_pretrained(DIR)
+base = AutoModelForCausalLM.from_pretrained("{self.gpt2.peft_config['default'].base_model_name_or_path}")
+base.resize_token_embeddings(len(tokenizer))  # room for the scene tokens
+model = PeftModel.from_pretrained(base, DIR).eval()"""
+        else:
+            load = """tokenizer = AutoTokenizer.from_pretrained(DIR)
+model = AutoModelForCausalLM.from_pretrained(DIR).eval()"""
+        return f"""With transformers (the prefix serialized as the captioner reads it: `<SCENE_1> caption 1 ...
+<SCENE_k> caption k<SCENE_k+1>`, each caption after a space):
+
+```python
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+DIR = "."
+{load}
+prefix = ["Fred is walking in the yard.", "Fred and Barney are talking in the yard."]
+text = "".join(f"<SCENE_{{i + 1}}> {{c.strip()}}" for i, c in enumerate(prefix)) + f"<SCENE_{{len(prefix) + 1}}>"
+ids = tokenizer(text, return_tensors="pt").input_ids
+with torch.no_grad():
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                         max_new_tokens={self.hparams.max_new_tokens}, min_new_tokens=2,
+                         suppress_tokens=tokenizer.convert_tokens_to_ids([{scenes}]),
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+```
+
+This is the captioner's greedy decoding; VisionTales also bans a character's name once the
+caption has written it (`visiontales.models.captioner.CastOnce`, a `LogitsProcessor`)."""
 
     # ------------------------------------------------------------------------------- hooks
 
@@ -166,3 +215,32 @@ class SAGANetsCaptioner(TextGenerationModule, kind="saganets_captioner"):
         generated = self.next_captions(prefixes)
         return [{"story_id": s, "prefix": p, "generated": g, "reference": texts[len(p)]}
                 for s, p, g, texts in zip(batch["story_id"], prefixes, generated, batch["texts"], strict=True)]
+
+
+class CastOnce(LogitsProcessor):
+    """Bans a main character's name once the caption being generated has named them: no "Wilma and
+    Wilma". A name (or "Slate" for Mr Slate) is found as its token sequence after a space, as
+    captions are written (`caption_ids`), and banned by its first token; generated tokens begin at
+    position `start` of every row. A handful of tensor operations a step, whatever the batch."""
+
+    def __init__(self, tokenizer, start: int, device: torch.device | str = "cpu") -> None:
+        self.start = start
+        variants = [(character, tokenizer(" " + name)["input_ids"])
+                    for character, names in enumerate([[n, "Slate"] if n == "Mr Slate" else [n] for n in MAIN_CHARACTERS])
+                    for name in names]
+        self.first = torch.tensor([ids[0] for _, ids in variants], device=device)  # what bans each variant
+        self.owner = torch.tensor([character for character, _ in variants], device=device)
+        single = [(c, ids[0]) for c, ids in variants if len(ids) == 1]
+        self.single_ids = torch.tensor([token for _, token in single], device=device)
+        self.single_owner = torch.zeros(len(single), len(MAIN_CHARACTERS), device=device)
+        self.single_owner[torch.arange(len(single)), torch.tensor([c for c, _ in single])] = 1.0
+        self.longer = [(c, torch.tensor(ids, device=device)) for c, ids in variants if len(ids) > 1]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[:, self.start:]
+        named = ((generated[..., None] == self.single_ids).any(1).float() @ self.single_owner) > 0  # (B, 7)
+        for character, ids in self.longer:
+            if generated.shape[1] >= len(ids):
+                named[:, character] |= (generated.unfold(1, len(ids), 1) == ids).all(-1).any(-1)
+        scores[:, self.first] = scores[:, self.first].masked_fill(named[:, self.owner], -float("inf"))
+        return scores
