@@ -3,7 +3,7 @@ against diffusers' `StableDiffusionPipeline` with the exported LoRA, on the same
 steps, guidance, batch and starting noise, in the same process. Prints frames/s of both, the ratio
 (target >= 1.0) and the largest difference between their frames (they must agree).
 
-    python bench/sampling.py [--sd tiny] [--resolution 64] [--batch-size 8] [--steps 20] [--rounds 3]
+    python bench/sampling.py [--sd tiny] [--resolution 64] [--batch-size 8] [--steps 20] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=7.5)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     opts = parser.parse_args()
 
     from diffusers import DDIMScheduler, StableDiffusionPipeline

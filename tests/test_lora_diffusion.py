@@ -68,6 +68,26 @@ def test_lora_scale_zero_is_the_base_unet_and_inference_alpha_matters(visualizer
     assert torch.equal(visualizer.generate(CAPTIONS, seeds=[0, 1], lora_alpha=10).frames, frames_10)  # seeded
 
 
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_merged_adapters_draw_as_unmerged_and_leave_every_weight_as_it_was(precision):
+    torch.manual_seed(0)
+    model = LoRADiffusionVisualizer(sd="tiny", lora_rank=4, lora_alpha=32, resolution=32)
+    _nonzero_lora(model)
+    sd = model.sd
+    sd.cast_frozen(precision)
+    before = {n: p.detach().clone() for n, p in sd.unet.named_parameters()}
+    noise = model.seeded_noise(sd.latent_shape(32), [0, 1])
+    states = model.encode_captions(CAPTIONS)
+    unmerged = sd.sample(states, noise, num_steps=4, sampler="ddim", lora_scale=10 / 32)
+    with sd.merged_lora(10 / 32):
+        merged = sd.sample(states, noise, num_steps=4, sampler="ddim")
+    base = sd.sample(states, noise, num_steps=4, sampler="ddim", lora_scale=0.0)
+    tolerance = 1e-4 if precision == "32-true" else 0.1
+    assert (merged - unmerged).abs().max() < tolerance < (unmerged - base).abs().max()
+    assert all(torch.equal(p, before[n]) for n, p in sd.unet.named_parameters())  # bit for bit
+    assert torch.equal(sd.sample(states, noise, num_steps=4, sampler="ddim", lora_scale=10 / 32), unmerged)
+
+
 def test_loss_falls_on_an_overfit_batch():
     torch.manual_seed(0)
     model = LoRADiffusionVisualizer(sd="tiny", lora_rank=8, resolution=32, lr=5e-3,

@@ -16,6 +16,8 @@ by the scheduler's `prediction_type` (epsilon, v_prediction, sample), with Min-S
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -52,6 +54,7 @@ class StableDiffusion(nn.Module):
         super().__init__()
         self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
         self.tokenizer, self.noise_scheduler = tokenizer, noise_scheduler
+        self.source = source  # the hub id or directory it was loaded from
         prediction = noise_scheduler.config.prediction_type
         if prediction not in PREDICTION_TYPES:
             raise VisionTalesError(f"{source or 'Stable Diffusion'}: scheduler prediction_type '{prediction}' is "
@@ -214,6 +217,26 @@ class StableDiffusion(nn.Module):
             raise VisionTalesError(f"sampler must be one of {', '.join(SAMPLERS)}, got '{sampler}'")
         cls = DDIMScheduler if sampler == "ddim" else DPMSolverMultistepScheduler
         return cls.from_config(self.noise_scheduler.config)
+
+    @contextmanager
+    def merged_lora(self, scale: float) -> Iterator[None]:
+        """Inference with the UNet's adapters merged into its weights at `scale` (diffusers'
+        `fuse_lora`): one matmul per adapted projection instead of three. The base weights are
+        restored bit for bit afterwards, in any precision; without adapters, nothing changes."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        layers = [m for m in self.unet.modules() if isinstance(m, BaseTunerLayer)]
+        saved = [layer.get_base_layer().weight.detach().clone() for layer in layers]
+        for layer in layers:
+            layer.scale_layer(scale)
+            layer.merge()
+        try:
+            yield
+        finally:
+            for layer, weight in zip(layers, saved, strict=True):
+                layer.unmerge()
+                layer.get_base_layer().weight.data.copy_(weight)
+                layer.unscale_layer()  # back to alpha / r
 
     @torch.no_grad()
     def sample(self, states: torch.Tensor, noise: torch.Tensor, *, num_steps: int, sampler: Literal["ddim", "dpm"],

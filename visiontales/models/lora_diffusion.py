@@ -195,15 +195,17 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
                  strength: float = 1.0, lora_alpha: float | None = None) -> Drawing:
         """Frames for the captions by the denoising loop (visiontales.sd), with classifier-free
         guidance; `previous` latents re-noised to `strength` of the schedule (img2img) carry a
-        frame's look into the next; `lora_alpha` 0 draws with the base model."""
+        frame's look into the next; `lora_alpha` 0 draws with the base model. The adapters are
+        merged into the UNet for the loop (`StableDiffusion.merged_lora`)."""
         h = self.hparams
         noise = self.seeded_noise(self.sd.latent_shape(self.resolution), seeds, self.device)
         guided = h.guidance_scale > 1.0
         states = self.encode_captions([""] + captions if guided else captions)
         uncond, states = (states[:1], states[1:]) if guided else (None, states)
-        latents = self.sd.sample(states, noise, num_steps=h.num_inference_steps, sampler=h.sampler,
-                                 guidance_scale=h.guidance_scale, uncond=uncond, lora_scale=self.lora_scale(lora_alpha),
-                                 init_latents=previous, strength=strength)
+        with self.sd.merged_lora(self.lora_scale(lora_alpha)):
+            latents = self.sd.sample(states, noise, num_steps=h.num_inference_steps, sampler=h.sampler,
+                                     guidance_scale=h.guidance_scale, uncond=uncond, init_latents=previous,
+                                     strength=strength)
         return Drawing(self.sd.decode(latents), latents)
 
     @torch.no_grad()
@@ -267,6 +269,27 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
         StableDiffusionPipeline.save_lora_weights(Path(directory), unet_lora_layers=layers, safe_serialization=True,
                                                   unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
         return Path(directory) / "pytorch_lora_weights.safetensors"
+
+    def export(self, directory: Path) -> list[Path]:
+        return [self.export_lora(directory)]
+
+    def export_usage(self) -> str:
+        h = self.hparams
+        scale = self.lora_scale()
+        tokens = ("\n\nThe character-token embeddings this model trained are not part of diffusers' LoRA format; "
+                  "they stay in the checkpoint." if h.character_tokens else "")
+        return f"""With diffusers, over the base Stable Diffusion (`{self.sd.source}`):
+
+```python
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+pipe = StableDiffusionPipeline.from_pretrained("{self.sd.source}", safety_checker=None, requires_safety_checker=False)
+pipe.load_lora_weights(".")  # pytorch_lora_weights.safetensors
+pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+frame = pipe("Fred and Barney are talking in the quarry.", height={h.resolution}, width={h.resolution},
+             num_inference_steps={h.num_inference_steps}, guidance_scale={h.guidance_scale},
+             cross_attention_kwargs={{"scale": {scale:g}}}).images[0]  # inference alpha {h.inference_lora_alpha} / training alpha {h.lora_alpha}
+```{tokens}"""
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.trainable_parameters, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
