@@ -145,7 +145,7 @@ def test_help_texts_list_commands_and_model_options(capsys):
     assert exit_info.value.code == 0
     usage = capsys.readouterr().out
     commands = ("fit", "validate", "test", "predict", "reproduce", "bootstrap", "evaluate", "story", "data", "tell",
-                "export-lora")
+                "export (export-lora)")
     assert all(f"\n    {command} " in usage or f"\n    {command}\n" in usage for command in commands), usage
     with pytest.raises(SystemExit):
         main(["fit", "--model.help", "visiontales.models.storyteller.CLIPStoryteller"])

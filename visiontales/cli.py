@@ -165,12 +165,11 @@ def story(opts: argparse.Namespace) -> int:
     return 0
 
 
-def export_lora(opts: argparse.Namespace) -> int:
-    from visiontales.models.base import load_model
-    from visiontales.models.lora_diffusion import LoRADiffusionVisualizer
+def export(opts: argparse.Namespace) -> int:
+    from visiontales.export import export as write
 
-    path = load_model(opts.checkpoint, LoRADiffusionVisualizer).export_lora(opts.out)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    for path in write(opts.checkpoint, opts.out, opts.metrics):
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0
 
 
@@ -424,13 +423,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--decoding", choices=("greedy", "beam", "nucleus"), help="override the trained setting")
     c.set_defaults(run=tell)
 
-    c = commands.add_parser("export-lora", help="write a LoRA visualizer's adapters in diffusers' LoRA format",
-                            description="Write a LoRADiffusionVisualizer checkpoint's adapters as "
-                                        "pytorch_lora_weights.safetensors, which StableDiffusionPipeline."
-                                        "load_lora_weights(OUT) loads into a pipeline of the same base.")
-    c.add_argument("--checkpoint", type=Path, required=True, help="a LoRADiffusionVisualizer checkpoint (.ckpt)")
+    c = commands.add_parser(
+        "export", aliases=["export-lora"], help="write a trained model in transformers / diffusers / peft formats, "
+        "with a model card", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Write a checkpoint's model where other tools load it, with README.md (a model card: what it "
+                    "is, base weights, training config, data, metrics, how to load it):\n"
+                    "  SAGANetsCaptioner    GPT-2 + tokenizer with the scene tokens (transformers), or peft "
+                    "adapters when trained with LoRA\n"
+                    "  CLIPStoryteller      GPT-2 + tokenizer (transformers); the prefix mapper as "
+                    "prefix_mapper.safetensors; storyteller.json\n"
+                    "  LoRADiffusionVisualizer  pytorch_lora_weights.safetensors "
+                    "(StableDiffusionPipeline.load_lora_weights)\n"
+                    "  other kinds          the learned weights as model.safetensors, config.json\n"
+                    "(export-lora is the old name of this command.)")
+    c.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by visiontales fit (.ckpt)")
     c.add_argument("--out", type=Path, required=True, help="folder to write (created)")
-    c.set_defaults(run=export_lora)
+    c.add_argument("--metrics", type=Path, help="metrics.json written by visiontales evaluate for this checkpoint, "
+                                                "for the model card (default: its monitored validation score)")
+    c.set_defaults(run=export)
     return parser
 
 

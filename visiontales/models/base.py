@@ -11,6 +11,7 @@ the kind recorded in the checkpoint, looks it up here, and checks that it plays 
 from __future__ import annotations
 
 import importlib
+import json
 import warnings
 from pathlib import Path
 from typing import Any, ClassVar
@@ -114,6 +115,38 @@ class VisionTalesModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = {**self.state_dict(), **checkpoint["state_dict"]}
+
+    # -------------------------------------------------------------------------------- export
+
+    def export(self, directory: Path) -> list[Path]:
+        """Write the model for use outside this project's checkpoints (`visiontales export`), and
+        return the files written. Here: the learned state as `model.safetensors` (the frozen bases
+        are named by their specs in `config.json`); kinds with a standard format override this."""
+        from safetensors.torch import save_file
+
+        state = self.state_dict()
+        learned = {k: state[k].detach().cpu().clone().contiguous() for k in sorted(self.learned_keys()) if k in state}
+        save_file(learned, directory / "model.safetensors")
+        config = {"class_path": f"{type(self).__module__}.{type(self).__qualname__}", "kind": self.kind,
+                  "init_args": {k: v for k, v in self.hparams.items() if not k.startswith("_")}}
+        (directory / "config.json").write_text(json.dumps(config, indent=1, default=str) + "\n")
+        return [directory / "model.safetensors", directory / "config.json"]
+
+    def export_usage(self) -> str:
+        """How to load what `export` wrote (Markdown, for the model card)."""
+        name = type(self).__name__
+        return f"""The learned weights are plain safetensors (`safetensors.torch.load_file`); with VisionTales
+installed, the model is rebuilt from its config (its frozen bases from their specs):
+
+```python
+import json
+from safetensors.torch import load_file
+from {type(self).__module__} import {name}
+
+config = json.load(open("config.json"))
+model = {name}(**config["init_args"]).eval()
+model.load_state_dict(load_file("model.safetensors"), strict=False)  # the learned state only
+```"""
 
     def configure_callbacks(self) -> list[L.Callback]:
         """best.ckpt by `monitor`, last.ckpt after every epoch (a separate callback: Lightning 2.6

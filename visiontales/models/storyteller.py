@@ -16,8 +16,10 @@ sentence, as ClipCap's decoder does).
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -192,6 +194,82 @@ class CLIPStoryteller(TextGenerationModule, kind="clip_storyteller"):
             eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
             no_repeat_ngram_size=self.hparams.no_repeat_ngram_size, **self.decoding_options())
         return [s.strip() for s in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    # ------------------------------------------------------------------------------ export
+
+    def export(self, directory: Path) -> list[Path]:
+        """GPT-2 in transformers format; with prefix conditioning the mapper too, as
+        `prefix_mapper.safetensors`; `storyteller.json` says how GPT-2 is conditioned."""
+        from safetensors.torch import save_file
+
+        h = self.hparams
+        before = set(directory.iterdir())
+        self.tokenizer.save_pretrained(directory)
+        self.gpt2.save_pretrained(directory)
+        config = {"conditioning": h.conditioning, "no_repeat_ngram_size": h.no_repeat_ngram_size,
+                  "max_new_tokens": h.max_new_tokens}
+        if h.conditioning == "prompt":
+            config["prompt"] = h.prompt
+        else:
+            config.update(clip=h.clip, normalize_features=h.normalize_features, image_fusion=h.image_fusion,
+                          mapper={"kind": h.mapper, "clip_dim": self.clip.visual.output_dim,
+                                  "embed_dim": self.mapper.embed_dim, "length": h.prefix_length,
+                                  "layers": h.mapper_layers})
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.mapper.state_dict().items()},
+                      directory / "prefix_mapper.safetensors")
+        (directory / "storyteller.json").write_text(json.dumps(config, indent=1) + "\n")
+        return sorted(set(directory.iterdir()) - before)
+
+    def export_usage(self) -> str:
+        if self.hparams.conditioning == "prompt":
+            return """With transformers: GPT-2 tells a story after the prompt of `storyteller.json`
+(the paper's conditioning: the images are not read).
+
+```python
+import json, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained(".")
+model = AutoModelForCausalLM.from_pretrained(".").eval()
+config = json.load(open("storyteller.json"))
+ids = tokenizer(config["prompt"], return_tensors="pt").input_ids
+with torch.no_grad():
+    out = model.generate(inputs_embeds=model.get_input_embeddings()(ids), attention_mask=torch.ones_like(ids),
+                         do_sample=False, max_new_tokens=config["max_new_tokens"],
+                         no_repeat_ngram_size=config["no_repeat_ngram_size"],
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+print(tokenizer.decode(out[0], skip_special_tokens=True).strip())
+```"""
+        return """GPT-2 with transformers; the prefix mapper (ClipCap's, `visiontales.models.storyteller.PrefixMapper`)
+from safetensors; CLIP features from open_clip, through the project's loader (`storyteller.json` names the CLIP, the fusion and
+the mapper's shape):
+
+```python
+import json, torch, torch.nn.functional as F
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from visiontales.backbones import load_clip
+from visiontales.models.storyteller import PrefixMapper
+
+config = json.load(open("storyteller.json"))
+tokenizer = AutoTokenizer.from_pretrained(".")
+gpt2 = AutoModelForCausalLM.from_pretrained(".").eval()
+mapper = PrefixMapper(**config["mapper"]).eval()
+mapper.load_state_dict(load_file("prefix_mapper.safetensors"))
+clip = load_clip(config["clip"]).eval()
+# three photos, preprocessed as CLIP expects: (3, 3, 224, 224)
+with torch.no_grad():
+    features = clip.encode_image(photos).float()
+    if config["normalize_features"]:
+        features = F.normalize(features, dim=-1)
+    prefix = mapper(features.mean(0, keepdim=True)) if config["image_fusion"] == "mean" \\
+        else mapper(features).reshape(1, -1, mapper.embed_dim)
+    out = gpt2.generate(inputs_embeds=prefix, attention_mask=torch.ones(prefix.shape[:2], dtype=torch.long),
+                        do_sample=False, max_new_tokens=config["max_new_tokens"],
+                        no_repeat_ngram_size=config["no_repeat_ngram_size"],
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+print(tokenizer.decode(out[0], skip_special_tokens=True).strip())
+```"""
 
     # ------------------------------------------------------------------------------- hooks
 
