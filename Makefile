@@ -11,17 +11,17 @@ DEMO_FLINTSTONES ?= data/flintstones-synthetic
 
 PROFILE ?= tiny
 
-.PHONY: help install test check-rebuild demo reproduce-paper smoke-paper bootstrap bench tensorboard lint clean
+.PHONY: help install test check-rebuild demo serve reproduce-paper smoke-paper bootstrap bench tensorboard lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create .venv and install the project (editable) with its test tools
+install: $(STAMP) ## create .venv and install the project (editable) with its test tools and the web app
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,serve]'
 	touch $(STAMP)
 
 test: install ## run the test suite (offline, CPU)
@@ -61,6 +61,11 @@ demo: install ## the storyteller (VIST) and SAGANets (FlintstonesSV) trained on 
 	@echo "Open the logs with:  make tensorboard   (then browse http://localhost:6006)"
 	@echo "Every table and figure of both papers: make reproduce-paper PROFILE=tiny  (reports/tiny/index.html)"
 
+serve: install ## the web app over the demo's checkpoints (run make demo first): http://127.0.0.1:7860
+	$(VT) serve --storyteller runs/tiny_clip_storyteller_prefix/demo/checkpoints/last.ckpt \
+		--captioner runs/tiny_sagan_captioner/demo/checkpoints/last.ckpt \
+		--visualizer runs/tiny_sagan_lora/demo/checkpoints/last.ckpt
+
 reproduce-paper: install ## both papers' tables and figures into reports/$(PROFILE)/index.html (PROFILE=tiny|paper)
 	$(VT) reproduce --profile $(PROFILE)
 	-@$(BIN)/python -m visiontales.screenshot reports/$(PROFILE)/index.html reports/$(PROFILE)/screenshot.png
@@ -71,7 +76,7 @@ smoke-paper: install ## the paper profile's steps at real size (random weights, 
 bootstrap: install ## install the shipped tiny-domain backbones (seconds; kept in $VISIONTALES_HOME, default ~/.cache/visiontales)
 	$(VT) bootstrap
 
-BENCHES := lora_loop lora_cache sampling flintstones_loader cache_scaling photo_check
+BENCHES := lora_loop lora_cache sampling text_models flintstones_loader cache_scaling photo_check
 
 bench: install ## the ratio benches against their references (about 10 min on 2 cores): bench/results.json
 	rm -f bench/results.json
