@@ -243,3 +243,121 @@ class StepCost(L.Callback):
             self.out.parent.mkdir(parents=True, exist_ok=True)
             self.out.write_text(json.dumps(result, indent=1))
             rank_zero_info(f"step cost: {json.dumps(result)}")
+
+
+class TrainableEMA(L.Callback):
+    """An exponential moving average of the trainable weights (adapters, heads, fine-tuned GPT-2),
+    updated after every optimizer step: ema = decay * ema + (1 - decay) * weight (torch's
+    `get_ema_multi_avg_fn`). Validation runs on the averaged weights, and checkpoints hold them
+    in `state_dict`, so `evaluate`, `story` and `export` use them; the raw weights travel in the
+    checkpoint under `ema_raw_weights`, so a resumed run goes on from where it stopped. Frozen parts
+    are never copied (Lightning's `EMAWeightAveraging` averages a deep copy of the whole module:
+    Stable Diffusion twice over); buffers (BatchNorm statistics) stay as trained.
+
+    Add it to a run with `--trainer.callbacks+=visiontales.callbacks.TrainableEMA
+    --trainer.callbacks.decay 0.999`, or in a config's `trainer.callbacks`.
+    """
+
+    RAW_KEY = "ema_raw_weights"
+
+    def __init__(self, decay: float = 0.999) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay must be within (0, 1), got {decay}")
+        self.decay = decay
+        self.names: list[str] = []  # one name per trainable parameter
+        self.weights: list[torch.Tensor] = []  # the parameters themselves, looked up once
+        self.aliases: dict[str, list[str]] = {}  # every state-dict name of it (tied weights have several)
+        self.average: list[torch.Tensor] = []
+        self.updated_at = 0  # the global step of the last update
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.names = [name for name, p in pl_module.named_parameters() if p.requires_grad]
+            first = {id(p): name for name, p in pl_module.named_parameters() if p.requires_grad}
+            self.aliases = {name: [] for name in self.names}
+            for name, p in pl_module.named_parameters(remove_duplicate=False):
+                if id(p) in first:
+                    self.aliases[first[id(p)]].append(name)
+            # found once: walking the modules later would hash torchmetrics metrics, which fails
+            # for list states (CaptionScores) once they hold values
+            self.weights = [p for p in pl_module.parameters() if p.requires_grad]
+            self.average = [p.detach().clone() for p in self.weights]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step > self.updated_at:  # an optimizer step was taken (not mid-accumulation)
+            from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+            with torch.no_grad():
+                get_ema_multi_avg_fn(self.decay)(self.average, [p.detach() for p in self.weights], None)
+            self.updated_at = trainer.global_step
+
+    def _swap(self, pl_module: L.LightningModule) -> None:
+        with torch.no_grad():
+            for p, average in zip(self.weights, self.average, strict=True):
+                raw = p.detach().clone()
+                p.copy_(average)
+                average.copy_(raw)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.average:
+            self._swap(pl_module)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.average:
+            self._swap(pl_module)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if not self.average:
+            return
+        state = checkpoint["state_dict"]
+        checkpoint[self.RAW_KEY] = {name: state[name] for name in self.names}
+        for name, average in zip(self.names, self.average, strict=True):
+            state.update(dict.fromkeys(self.aliases[name], average.detach().clone()))
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        """On resume: the module was loaded with the averaged weights; they become the average
+        again, and the raw weights go back into the module."""
+        raw = checkpoint.get(self.RAW_KEY)
+        if not self.average or raw is None:
+            return
+        with torch.no_grad():
+            for name, p, average in zip(self.names, self.weights, self.average, strict=True):
+                average.copy_(p)
+                p.copy_(raw[name])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "updated_at": self.updated_at}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.updated_at = state_dict["updated_at"]
+
+
+class Compile(L.Callback):
+    """`torch.compile` for a model's heavy parts when fitting starts: by default those its class
+    names in `compile_targets` (the UNet of the LoRA visualizer, GPT-2 of the text models), or the
+    submodules given by name. Compiled in place (`nn.Module.compile`), so state-dict keys, and with
+    them checkpoints, do not change. Whether it pays depends on the machine: `bench/compile.py`.
+
+    `--trainer.callbacks+=visiontales.callbacks.Compile [--trainer.callbacks.modules '[sd.unet]']
+    [--trainer.callbacks.mode max-autotune]`.
+    """
+
+    def __init__(self, modules: list[str] | None = None, mode: str | None = None, dynamic: bool | None = None) -> None:
+        self.modules, self.mode, self.dynamic = modules, mode, dynamic
+
+    def targets(self, pl_module: L.LightningModule) -> list[str]:
+        names = list(self.modules or getattr(pl_module, "compile_targets", ()))
+        if not names:
+            raise ValueError(f"{type(pl_module).__name__} names no compile_targets: give Compile(modules=[...])")
+        return names
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        for name in self.targets(pl_module):
+            try:
+                module = pl_module.get_submodule(name)
+            except AttributeError as e:
+                raise ValueError(f"Compile: {type(pl_module).__name__} has no submodule '{name}'") from e
+            module.compile(mode=self.mode, dynamic=self.dynamic)
+            rank_zero_info(f"torch.compile: {name} ({type(module).__name__})")

@@ -68,6 +68,7 @@ class VisionTalesModule(L.LightningModule):
     kind: ClassVar[str] = ""
     monitor: ClassVar[tuple[str, str]] = ("val/loss", "min")  # (metric, "min" | "max") for best.ckpt
     supported_precisions: ClassVar[tuple[str, ...]] = ("32-true", "bf16-mixed", "16-mixed")
+    compile_targets: ClassVar[tuple[str, ...]] = ()  # submodules visiontales.callbacks.Compile compiles
 
     def __init_subclass__(cls, kind: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -31,6 +31,8 @@ CHARACTER_TOKENS = [f"<{name.lower().replace(' ', '_')}>" for name in MAIN_CHARA
 class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
     """Stable Diffusion with LoRA adapters that draws a story frame for its caption."""
 
+    compile_targets = ("sd.unet",)
+
     def __init__(
         self,
         sd: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",

@@ -27,6 +27,7 @@ class TextGenerationModule(VisionTalesModule):
     """
 
     monitor = ("val/cider", "max")
+    compile_targets = ("gpt2",)
     datamodule_class: ClassVar[str] = ""  # what `evaluate` scores it on when its checkpoint does not say
 
     def __init__(
