@@ -50,6 +50,16 @@ def test_pipeline_alternates_until_n_frames(models):
     assert torch.equal(story.frames, again.frames) and story.captions == again.captions
 
 
+def test_one_by_one_yields_the_story_the_pipeline_tells(models):
+    captioner, visualizer = models
+    for continuity in (None, 0.5):
+        pipeline = SAGANetsPipeline(captioner, visualizer, continuity_strength=continuity)
+        story = pipeline([FIRST], [], n_frames=3, seed=2)
+        steps = list(pipeline.one_by_one([FIRST], 3, seed=2))
+        assert [caption for caption, _ in steps] == story.captions
+        assert torch.allclose(torch.stack([frame for _, frame in steps]), story.frames, atol=1e-5)
+
+
 def test_stories_drawn_together_equal_stories_drawn_one_frame_at_a_time(models):
     captioner, visualizer = models
     pipeline = SAGANetsPipeline(captioner, visualizer)

@@ -121,11 +121,6 @@ def placement(opts: argparse.Namespace):
 
 
 def tell(opts: argparse.Namespace) -> int:
-    import torch
-
-    from data_modules.images import load_image
-    from data_modules.vist import clip_transform
-    from visiontales.backbones import clip_preprocessing
     from visiontales.models.base import load_model
     from visiontales.models.storyteller import CLIPStoryteller
 
@@ -136,12 +131,8 @@ def tell(opts: argparse.Namespace) -> int:
     if model.clip is None:
         logging.getLogger("visiontales").warning(
             "this storyteller was trained with prompt conditioning (the paper's): it does not look at the images")
-        images = torch.zeros(1, 3, 3, 1, 1)
-    else:
-        transform = clip_transform(*clip_preprocessing(model.clip))
-        images = torch.stack([load_image(p, transform) for p in opts.images]).unsqueeze(0)
     with where.autocast():
-        print(model.generate_stories({"images": images.to(where.device)})[0])
+        print(model.tell(opts.images))
     return 0
 
 
@@ -170,6 +161,32 @@ def export(opts: argparse.Namespace) -> int:
 
     for path in write(opts.checkpoint, opts.out, opts.metrics):
         print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+def serve(opts: argparse.Namespace) -> int:
+    if not (opts.storyteller or opts.captioner or opts.visualizer):
+        raise VisionTalesError("serve needs a model: --storyteller CKPT and/or --captioner CKPT --visualizer CKPT")
+    try:
+        import gradio  # noqa: F401
+    except ImportError as e:
+        raise VisionTalesError("the web app needs Gradio: pip install -e '.[serve]' (make serve installs it)") from e
+    from visiontales.models.base import load_model
+    from visiontales.models.captioner import SAGANetsCaptioner
+    from visiontales.models.storyteller import CLIPStoryteller
+    from visiontales.serve import StoryApp, launch
+    from visiontales.visualizer import Visualizer
+
+    where = placement(opts)
+
+    def load(path, role, option):
+        return where.place(load_model(path, role, option)) if path else None
+
+    app = StoryApp(load(opts.storyteller, CLIPStoryteller, "--storyteller"),
+                   load(opts.captioner, SAGANetsCaptioner, "--captioner"),
+                   load(opts.visualizer, Visualizer, "--visualizer"), where)
+    print(f"serving on http://{opts.host}:{opts.port} (Ctrl+C stops it)")
+    launch(app, opts.host, opts.port)
     return 0
 
 
@@ -422,6 +439,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("images", type=Path, nargs=3, help="three image files, in story order")
     c.add_argument("--decoding", choices=("greedy", "beam", "nucleus"), help="override the trained setting")
     c.set_defaults(run=tell)
+
+    c = commands.add_parser("serve", parents=[on_device], help="a web app that tells and draws stories (Gradio: pip install -e .[serve])",
+                            description="Serve a web app over trained checkpoints: 'Photos to story' (a "
+                                        "CLIPStoryteller) and 'Story to pictures' (a SAGANetsCaptioner and a "
+                                        "visualizer: frames drawn one by one, storyboard.png and story.json to "
+                                        "download). Needs the serve extra (pip install -e '.[serve]').")
+    c.add_argument("--storyteller", type=Path, help="a CLIPStoryteller checkpoint (.ckpt)")
+    c.add_argument("--captioner", type=Path, help="a SAGANetsCaptioner checkpoint (.ckpt)")
+    c.add_argument("--visualizer", type=Path, help="a visualizer checkpoint (.ckpt): LoRA, GAN or your own")
+    c.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    c.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    c.set_defaults(run=serve)
 
     c = commands.add_parser(
         "export", aliases=["export-lora"], help="write a trained model in transformers / diffusers / peft formats, "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,19 @@ class SAGANetsPipeline:
         """Continue a story given `captions` (at least one) and the first len(frames) of their
         frames (none, some or all), until it has `n_frames` frames."""
         return self.many([(captions, list(frames or []))], n_frames, seed)[0]
+
+    @torch.no_grad()
+    def one_by_one(self, captions: list[str], n_frames: int = 5, seed: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
+        """(caption, frame (3, S, S)) of each step as soon as it is drawn, for a story continued from
+        `captions` alone until `n_frames`: the story `__call__` tells for the same seed, one frame
+        at a time (for an app that shows progress)."""
+        self.check(captions, [], n_frames)
+        story, previous = list(captions), None
+        for step in range(n_frames):
+            if step == len(story):
+                story.append(self.captioner.continue_story(story, 1)[0])
+            frame, previous = self.draw(story[step], seed + step, previous)
+            yield story[step], frame.cpu()
 
     @torch.no_grad()
     def many(self, starts: list[tuple[list[str], list[torch.Tensor]]], n_frames: int = 5, seed: int = 0,

@@ -195,6 +195,23 @@ class CLIPStoryteller(TextGenerationModule, kind="clip_storyteller"):
             no_repeat_ngram_size=self.hparams.no_repeat_ngram_size, **self.decoding_options())
         return [s.strip() for s in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
+    @torch.no_grad()
+    def tell(self, photos: list[str | Path]) -> str:
+        """The story for three photo files (any format the VIST data module reads), preprocessed
+        as this model's CLIP expects; with prompt conditioning the photos are not read."""
+        from data_modules.images import load_image
+        from data_modules.vist import clip_transform
+        from visiontales.backbones import clip_preprocessing
+
+        if len(photos) != 3:
+            raise VisionTalesError(f"a story is told for three photos, got {len(photos)}")
+        if self.clip is None:
+            images = torch.zeros(1, 3, 3, 1, 1)
+        else:
+            transform = clip_transform(*clip_preprocessing(self.clip))
+            images = torch.stack([load_image(Path(p), transform) for p in photos]).unsqueeze(0)
+        return self.generate_stories({"images": images.to(self.device)})[0]
+
     # ------------------------------------------------------------------------------ export
 
     def export(self, directory: Path) -> list[Path]:
