@@ -24,10 +24,11 @@ WARMUP = 5  # steps left out of the steady state (compiling, and recompiling for
 
 
 def step_times(root: Path, steps: int, resolution: int, batch_size: int, compiled: bool) -> list[float]:
+    from visiontales.callbacks import Compile
+
     model, dm = make(root, resolution, batch_size)
     if compiled:
-        for name in model.compile_targets:
-            model.get_submodule(name).compile()
+        Compile().setup(None, model, "fit")  # as the callback does in a run
     dm.setup("fit")
     dm.serve_target_frames()
     model.train()

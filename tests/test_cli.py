@@ -195,3 +195,30 @@ def test_a_missing_data_folder_stops_fit_before_any_model_is_built(tmp_path, mon
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {tmp_path / 'nonexistent'}: dataset folder not found (--data.init_args.root)"]
     assert not home.exists()  # no backbone looked for, none built
+
+
+def test_serve_without_a_model_or_without_gradio_is_one_error_line(capsys, monkeypatch):
+    assert main(["serve"]) == 2
+    assert "serve needs a model" in capsys.readouterr().err
+    monkeypatch.setitem(__import__("sys").modules, "gradio", None)  # as if the serve extra were not installed
+    assert main(["serve", "--captioner", "c.ckpt"]) == 2
+    assert "pip install -e '.[serve]'" in capsys.readouterr().err
+
+
+def test_web_app_answers_bad_input_with_an_error_line(tmp_path):
+    from visiontales.models.captioner import SAGANetsCaptioner
+    from visiontales.models.lora_diffusion import LoRADiffusionVisualizer
+    from visiontales.serve import StoryApp
+
+    nothing = StoryApp()
+    assert nothing.tell([], "greedy")[0].startswith("error: no storyteller")
+    assert next(nothing.draw("A caption.", 3, 10, 0, 0))[0].startswith("error: drawing needs a captioner")
+    app = StoryApp(None, SAGANetsCaptioner(gpt2="tiny", max_new_tokens=8).eval(),
+                   LoRADiffusionVisualizer(sd="tiny", resolution=32, num_inference_steps=2, guidance_scale=1.0).eval())
+    assert next(app.draw(" \n ", 3, 10, 0, 0))[0] == "error: type a first caption (one caption per line)"
+    assert next(app.draw("One.\nTwo.\nThree.", 2, 10, 0, 0))[0].startswith("error: 2 frames is fewer than the 3")
+    assert next(app.draw("One.", 2, 10, 0, 1.5))[0].startswith("error: continuity strength must be within")
+    *steps, (status, shown, files) = list(app.draw("One.\nTwo.", 3, 10, 0, 0))
+    assert [s[0] for s in steps] == ["drawing: 1 of 3 frames", "drawing: 2 of 3 frames", "drawing: 3 of 3 frames"]
+    assert status == "done: 3 frames" and [c for _, c in shown][:2] == ["One.", "Two."] and len(shown) == 3
+    assert [p.rsplit("/", 1)[-1] for p in files] == ["storyboard.png", "story.json"]

@@ -96,7 +96,10 @@ def test_storyteller_export_tells_the_same_story(tmp_path, conditioning):
         if conditioning == "prefix":
             mapper = PrefixMapper(**config["mapper"]).eval()
             mapper.load_state_dict(load_file(out / "prefix_mapper.safetensors"))
-            features = torch.nn.functional.normalize(load_clip(config["clip"]).encode_image(photos[0]).float(), dim=-1)
+            features = load_clip(config["clip"]).encode_image(photos[0]).float()
+            if config["normalize_features"]:
+                features = torch.nn.functional.normalize(features, dim=-1)
+            assert config["image_fusion"] == "mean"
             prefix = mapper(features.mean(0, keepdim=True))
         else:
             prefix = gpt2.get_input_embeddings()(tokenizer(config["prompt"], return_tensors="pt").input_ids)
@@ -137,3 +140,13 @@ def test_other_kinds_export_their_learned_weights_as_safetensors(tmp_path):
     again.load_state_dict(load_file(tmp_path / "out" / "model.safetensors"), strict=False)
     with torch.no_grad():
         assert torch.equal(again(frames), model(frames))
+
+
+def test_export_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
+    from visiontales.evaluation.character_classifier import CharacterClassifier
+
+    checkpoint = _save(CharacterClassifier(backbone="resnet18", resolution=64), tmp_path / "k.ckpt")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "old.bin").write_bytes(b"x")
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "used")]) == 2
+    assert "is not an empty folder" in capsys.readouterr().err

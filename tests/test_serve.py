@@ -11,8 +11,6 @@ import torch
 from PIL import Image
 from test_storyteller import STORY, _batch
 
-from visiontales.cli import main
-
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 DRIVER = shutil.which("chromedriver")
 # CI sets VISIONTALES_REQUIRE_BROWSER=1 (and installs both): there these tests run, never skip
@@ -101,7 +99,7 @@ def test_photos_to_story_in_the_browser(server, browser, tmp_path):
     upload = browser.find_element(By.CSS_SELECTOR, "#photos input[type=file]")
 
     browser.find_element(By.ID, "tell").click()  # nothing uploaded
-    _wait(browser, lambda: "error: upload three photos" in _text(browser, "tell-status"))
+    _wait(browser, lambda: "error: three photos are needed" in _text(browser, "tell-status"))
 
     upload.send_keys("\n".join(str(p) for p in [*photos[:2], tmp_path / "broken.jpg"]))
     _wait(browser, lambda: len(browser.find_elements(By.CSS_SELECTOR, "#photos tbody tr")) == 3)
@@ -145,8 +143,3 @@ def test_story_to_pictures_in_the_browser(server, browser, tmp_path):
     files = [e.get_attribute("aria-label") for e in browser.find_elements(By.CSS_SELECTOR, "#downloads td.filename")]
     assert files == ["storyboard.png", "story.json"]
     browser.save_screenshot(str(tmp_path / "draw.png"))
-
-
-def test_serve_without_a_model_or_gradio_is_one_error_line(capsys):
-    assert main(["serve"]) == 2
-    assert "serve needs a model" in capsys.readouterr().err

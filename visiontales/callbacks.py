@@ -283,6 +283,11 @@ class TrainableEMA(L.Callback):
             self.weights = [p for p in pl_module.parameters() if p.requires_grad]
             self.average = [p.detach().clone() for p in self.weights]
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # setup runs before the strategy moves the module to its device (and a resume's
+        # on_load_checkpoint after it, copying across devices): the averages follow the weights here
+        self.average = [average.to(p.device) for average, p in zip(self.average, self.weights, strict=True)]
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step > self.updated_at:  # an optimizer step was taken (not mid-accumulation)
             from torch.optim.swa_utils import get_ema_multi_avg_fn
@@ -291,7 +296,7 @@ class TrainableEMA(L.Callback):
                 get_ema_multi_avg_fn(self.decay)(self.average, [p.detach() for p in self.weights], None)
             self.updated_at = trainer.global_step
 
-    def _swap(self, pl_module: L.LightningModule) -> None:
+    def _swap(self) -> None:
         with torch.no_grad():
             for p, average in zip(self.weights, self.average, strict=True):
                 raw = p.detach().clone()
@@ -300,11 +305,11 @@ class TrainableEMA(L.Callback):
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.average:
-            self._swap(pl_module)
+            self._swap()
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.average:
-            self._swap(pl_module)
+            self._swap()
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         if not self.average:
@@ -330,12 +335,15 @@ class TrainableEMA(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.updated_at = state_dict["updated_at"]
+        if state_dict.get("decay") != self.decay:
+            log.warning("TrainableEMA: resuming with decay %s; the checkpoint's average was kept with %s",
+                        self.decay, state_dict.get("decay"))
 
 
 class Compile(L.Callback):
-    """`torch.compile` for a model's heavy parts when fitting starts: by default those its class
-    names in `compile_targets` (the UNet of the LoRA visualizer, GPT-2 of the text models), or the
-    submodules given by name. Compiled in place (`nn.Module.compile`), so state-dict keys, and with
+    """`torch.compile` for a model's heavy parts when fitting starts: by default the submodules
+    listed in the model class's `compile_targets` (the LoRA visualizer's UNet, the text models'
+    GPT-2), or those given by name. Compiled in place (`nn.Module.compile`), so state-dict keys, and with
     them checkpoints, do not change. Whether it pays depends on the machine: `bench/compile.py`.
 
     `--trainer.callbacks+=visiontales.callbacks.Compile [--trainer.callbacks.modules '[sd.unet]']

@@ -95,6 +95,9 @@ def export(checkpoint_path: Path, out: Path, metrics_path: Path | None = None) -
     """Write the export of a checkpoint into `out` (created); the files written, the card last."""
     from visiontales.models.base import model_from_checkpoint, read_checkpoint
 
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise VisionTalesError(f"{out}: exists and is not an empty folder (export writes a fresh one: files left "
+                               f"from another export would load with this one)")
     metrics = read_metrics(metrics_path)
     checkpoint = read_checkpoint(checkpoint_path)
     model = model_from_checkpoint(checkpoint, checkpoint_path)

@@ -119,12 +119,18 @@ class SAGANetsPipeline:
                 for step in range(len(frames), n_frames):
                     frame, previous = self.draw(story[step], seed + step, previous)
                     frames.append(frame.cpu())
-        settings = {"seed": seed, "frames": n_frames, "lora_alpha": self.lora_alpha,
-                    "continuity_strength": self.continuity_strength, "resolution": size}
-        return [Story(story, [True] * len(captions) + [False] * (n_frames - len(captions)),
-                      [True] * len(frames) + [False] * (n_frames - len(frames)),
-                      torch.stack([f.cpu() for f in done]), dict(settings))
+        return [self.story(story, done, len(captions), len(frames), seed)
                 for story, done, (captions, frames) in zip(stories, given, starts, strict=True)]
+
+    def story(self, captions: list[str], frames: list[torch.Tensor], given_captions: int, given_frames: int,
+              seed: int) -> Story:
+        """The Story of `captions` and `frames`, the first `given_*` of them given, with the settings
+        it was told with."""
+        n = len(captions)
+        settings = {"seed": seed, "frames": n, "lora_alpha": self.lora_alpha,
+                    "continuity_strength": self.continuity_strength, "resolution": self.visualizer.resolution}
+        return Story(list(captions), [i < given_captions for i in range(n)], [i < given_frames for i in range(n)],
+                     torch.stack([f.cpu() for f in frames]), settings)
 
 
 def read_prefix(path: Path) -> tuple[list[str], list[torch.Tensor]]:
@@ -161,6 +167,11 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def to_image(frame: torch.Tensor) -> Image.Image:
+    """A frame (3, H, W) in [-1, 1] as an RGB image."""
+    return Image.fromarray(((frame.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
+
+
 def storyboard(story: Story) -> Image.Image:
     """The frames in a row, each caption wrapped under its frame; given steps framed green."""
     n, pad, line = len(story.captions), 12, 18
@@ -171,8 +182,7 @@ def storyboard(story: Story) -> Image.Image:
     font = _font(14)
     for i, (frame, lines) in enumerate(zip(story.frames, wrapped, strict=True)):
         x = pad + i * (PANEL + pad)
-        pixels = ((frame.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-        board.paste(Image.fromarray(pixels).resize((PANEL, PANEL), Image.NEAREST), (x, pad))
+        board.paste(to_image(frame).resize((PANEL, PANEL), Image.NEAREST), (x, pad))
         colour = GIVEN if story.given_frames[i] else DRAWN
         draw.rectangle([x - 3, pad - 3, x + PANEL + 2, pad + PANEL + 2], outline=colour, width=3)
         label = f"{i + 1}: " + ("given" if story.given_frames[i] else
@@ -189,9 +199,8 @@ def write_story(story: Story, out: Path, extra: dict[str, Any] | None = None) ->
     storyboard(story).save(out / "storyboard.png")
     names = []
     for i, frame in enumerate(story.frames):
-        pixels = ((frame.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
         names.append(f"frame_{i:02d}.png")
-        Image.fromarray(pixels).save(out / names[-1])
+        to_image(frame).save(out / names[-1])
     record = {k: v for k, v in asdict(story).items() if k != "frames"}
     record.update(frames=names, settings={**story.settings, **(extra or {})})
     (out / "story.json").write_text(json.dumps(record, indent=1))

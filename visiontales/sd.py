@@ -227,14 +227,15 @@ class StableDiffusion(nn.Module):
 
         layers = [m for m in self.unet.modules() if isinstance(m, BaseTunerLayer)]
         saved = [layer.get_base_layer().weight.detach().clone() for layer in layers]
-        for layer in layers:
-            layer.scale_layer(scale)
-            layer.merge()
         try:
+            for layer in layers:
+                layer.scale_layer(scale)
+                layer.merge()
             yield
         finally:
             for layer, weight in zip(layers, saved, strict=True):
-                layer.unmerge()
+                if layer.merged:
+                    layer.unmerge()  # clears peft's merged state; the copy below makes the weights exact
                 layer.get_base_layer().weight.data.copy_(weight)
                 layer.unscale_layer()  # back to alpha / r
 

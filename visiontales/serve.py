@@ -11,23 +11,15 @@ in the page by a line starting with "error:"; the server keeps running.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import torch
-from PIL import Image
 
 from visiontales.errors import VisionTalesError
 
 DECODINGS = ("greedy", "beam", "nucleus")
 MAX_FRAMES = 10
-
-
-def to_image(frame: torch.Tensor) -> Image.Image:
-    """A frame (3, H, W) in [-1, 1] as a PIL image."""
-    pixels = ((frame.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-    return Image.fromarray(pixels)
+KEPT_STORIES = 20  # the latest drawn stories' files kept for download; older ones are deleted
 
 
 class StoryApp:
@@ -36,6 +28,8 @@ class StoryApp:
     def __init__(self, storyteller=None, captioner=None, visualizer=None, placement=None) -> None:
         self.storyteller, self.captioner, self.visualizer = storyteller, captioner, visualizer
         self.placement = placement
+        self.outputs = Path(tempfile.mkdtemp(prefix="visiontales-serve-"))
+        self.drawn = 0
 
     def _autocast(self):
         from contextlib import nullcontext
@@ -49,8 +43,6 @@ class StoryApp:
         if self.storyteller is None:
             return "error: no storyteller was given (visiontales serve --storyteller CKPT)", [], ""
         photos = list(photos or [])
-        if len(photos) != 3:
-            return f"error: upload three photos, in story order (got {len(photos)})", photos, ""
         self.storyteller.hparams.decoding = decoding
         try:
             for photo in photos:  # read in full, even by a storyteller that does not look at them
@@ -65,7 +57,7 @@ class StoryApp:
 
     def draw(self, text: str, frames: int, lora_alpha: float, seed: int, continuity: float):
         """Yields (status line, [(frame, caption), ...] so far, files to download or None)."""
-        from visiontales.pipeline import SAGANetsPipeline, Story, write_story
+        from visiontales.pipeline import SAGANetsPipeline, to_image, write_story
 
         if self.captioner is None or self.visualizer is None:
             yield "error: drawing needs a captioner and a visualizer (--captioner CKPT --visualizer CKPT)", [], None
@@ -78,23 +70,23 @@ class StoryApp:
         if frames < len(captions):
             yield f"error: {frames} frames is fewer than the {len(captions)} captions given", [], None
             return
-        try:
-            pipeline = SAGANetsPipeline(self.captioner, self.visualizer, lora_alpha, continuity or None)
-        except VisionTalesError as e:
-            yield f"error: {e}", [], None
-            return
         shown, drawn, told = [], [], []
-        with self._autocast():
-            for caption, frame in pipeline.one_by_one(captions, frames, seed):
-                told.append(caption)
-                drawn.append(frame)
-                shown.append((to_image(frame), caption))
-                yield f"drawing: {len(shown)} of {frames} frames", list(shown), None
-        story = Story(told, [i < len(captions) for i in range(frames)], [False] * frames, torch.stack(drawn),
-                      {"seed": seed, "frames": frames, "lora_alpha": lora_alpha,
-                       "continuity_strength": continuity or None, "resolution": self.visualizer.resolution})
-        out = Path(tempfile.mkdtemp(prefix="visiontales-story-"))
-        board = write_story(story, out)
+        try:
+            alpha = lora_alpha if self.visualizer.default_lora_alpha is not None else None  # no adapters: no alpha
+            pipeline = SAGANetsPipeline(self.captioner, self.visualizer, alpha, continuity or None)
+            with self._autocast():
+                for caption, frame in pipeline.one_by_one(captions, frames, seed):
+                    told.append(caption)
+                    drawn.append(frame)
+                    shown.append((to_image(frame), caption))
+                    yield f"drawing: {len(shown)} of {frames} frames", list(shown), None
+        except VisionTalesError as e:
+            yield f"error: {e}", shown, None
+            return
+        self.drawn += 1
+        out = self.outputs / f"story-{self.drawn}"
+        shutil.rmtree(self.outputs / f"story-{self.drawn - KEPT_STORIES}", ignore_errors=True)
+        board = write_story(pipeline.story(told, drawn, len(captions), 0, seed), out)
         yield f"done: {frames} frames", shown, [str(board), str(out / "story.json")]
 
 
@@ -121,8 +113,9 @@ def build(app: StoryApp, title: str = "VisionTales"):
                                   value="Fred and Barney are talking in the quarry.")
             with gr.Row():
                 frames = gr.Slider(1, MAX_FRAMES, value=5, step=1, label="Frames", elem_id="frames")
-                alpha = gr.Slider(0, 64, value=_default_alpha(app.visualizer), step=1, label="LoRA alpha",
-                                  elem_id="alpha")
+                default = getattr(app.visualizer, "default_lora_alpha", None)
+                alpha = gr.Slider(0, 64, value=default or 0, step=1, label="LoRA alpha", elem_id="alpha",
+                                  visible=default is not None)  # a visualizer without adapters takes none
                 seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
                 continuity = gr.Slider(0, 1, value=0, step=0.05, label="Continuity (0: off)", elem_id="continuity")
             draw = gr.Button("Draw the story", variant="primary", elem_id="draw")
@@ -133,11 +126,6 @@ def build(app: StoryApp, title: str = "VisionTales"):
     return blocks
 
 
-def _default_alpha(visualizer: Any) -> float:
-    h = getattr(visualizer, "hparams", {})
-    return float(h.get("inference_lora_alpha") or h.get("lora_alpha") or 10)
-
-
 def launch(app: StoryApp, host: str = "127.0.0.1", port: int | None = None, block: bool = True):
     """Serve the app, offline (no share link, no analytics, no web fonts); with `block` False,
     return the running Blocks at once (`.close()` stops them)."""
@@ -146,6 +134,9 @@ def launch(app: StoryApp, host: str = "127.0.0.1", port: int | None = None, bloc
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])  # no Google Fonts: works offline
     blocks = build(app).queue()
-    blocks.launch(server_name=host, server_port=port, share=False, show_error=True, prevent_thread_lock=not block,
-                  quiet=not block, ssr_mode=False, theme=theme, footer_links=[])
+    try:
+        blocks.launch(server_name=host, server_port=port, share=False, show_error=True, prevent_thread_lock=not block,
+                      quiet=not block, ssr_mode=False, theme=theme, footer_links=[])
+    except OSError as e:  # the port is taken, or the address is not this machine's
+        raise VisionTalesError(f"cannot serve on {host}:{port} ({e})") from e
     return blocks

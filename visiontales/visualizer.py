@@ -55,6 +55,12 @@ class Visualizer(VisionTalesModule, abc.ABC):
             one); None: as configured.
         """
 
+    @property
+    def default_lora_alpha(self) -> float | None:
+        """The LoRA alpha it draws with when given none, or None for a visualizer without adapters
+        (whose `generate` refuses an alpha)."""
+        return None
+
     def latents_of(self, frames: torch.Tensor) -> torch.Tensor | None:
         """The latents of given frames (N, 3, H, W) in [-1, 1], to continue a story from them;
         None when the visualizer has no way back from frames to its latents."""

@@ -220,8 +220,9 @@ caption has written it (`visiontales.models.captioner.CastOnce`, a `LogitsProces
 class CastOnce(LogitsProcessor):
     """Bans a main character's name once the caption being generated has named them: no "Wilma and
     Wilma". A name (or "Slate" for Mr Slate) is found as its token sequence after a space, as
-    captions are written (`caption_ids`), and banned by its first token; generated tokens begin at
-    position `start` of every row. A handful of tensor operations a step, whatever the batch."""
+    captions are written (`caption_ids`), and banned by its first token (so a name split into
+    several tokens also bans other words that start with its first, e.g. " Mr"); generated tokens
+    begin at position `start` of every row. A handful of tensor operations a step, whatever the batch."""
 
     def __init__(self, tokenizer, start: int, device: torch.device | str = "cpu") -> None:
         self.start = start
@@ -231,9 +232,9 @@ class CastOnce(LogitsProcessor):
         self.first = torch.tensor([ids[0] for _, ids in variants], device=device)  # what bans each variant
         self.owner = torch.tensor([character for character, _ in variants], device=device)
         single = [(c, ids[0]) for c, ids in variants if len(ids) == 1]
-        self.single_ids = torch.tensor([token for _, token in single], device=device)
+        self.single_ids = torch.tensor([token for _, token in single], dtype=torch.long, device=device)
         self.single_owner = torch.zeros(len(single), len(MAIN_CHARACTERS), device=device)
-        self.single_owner[torch.arange(len(single)), torch.tensor([c for c, _ in single])] = 1.0
+        self.single_owner[torch.arange(len(single)), torch.tensor([c for c, _ in single], dtype=torch.long)] = 1.0
         self.longer = [(c, torch.tensor(ids, device=device)) for c, ids in variants if len(ids) > 1]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -242,5 +243,6 @@ class CastOnce(LogitsProcessor):
         for character, ids in self.longer:
             if generated.shape[1] >= len(ids):
                 named[:, character] |= (generated.unfold(1, len(ids), 1) == ids).all(-1).any(-1)
-        scores[:, self.first] = scores[:, self.first].masked_fill(named[:, self.owner], -float("inf"))
-        return scores
+        # a token that starts several variants is banned if any of theirs is named
+        banned = scores.new_zeros(scores.shape).index_add_(1, self.first, named[:, self.owner].to(scores.dtype))
+        return scores.masked_fill_(banned > 0, -float("inf"))

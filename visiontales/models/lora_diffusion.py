@@ -113,6 +113,11 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
         alpha = lora_alpha if lora_alpha is not None else h.inference_lora_alpha
         return 1.0 if alpha is None else alpha / h.lora_alpha
 
+    @property
+    def default_lora_alpha(self) -> float:
+        h = self.hparams
+        return h.inference_lora_alpha if h.inference_lora_alpha is not None else h.lora_alpha
+
     def prompts(self, captions: list[str], characters: torch.Tensor | None = None) -> list[str]:
         """The text the encoder reads: the caption, then the character tokens if they are on
         (from `characters` (B, 7) labels, or else from the names each caption mentions)."""

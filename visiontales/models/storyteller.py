@@ -204,7 +204,7 @@ class CLIPStoryteller(TextGenerationModule, kind="clip_storyteller"):
         from visiontales.backbones import clip_preprocessing
 
         if len(photos) != 3:
-            raise VisionTalesError(f"a story is told for three photos, got {len(photos)}")
+            raise VisionTalesError(f"three photos are needed, in story order (got {len(photos)})")
         if self.clip is None:
             images = torch.zeros(1, 3, 3, 1, 1)
         else:
