@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from visiontales.errors import VisionTalesError
 from visiontales.models.captioner import SCENE_TOKENS, SAGANetsCaptioner
 from visiontales.vocabulary import named_characters
 
@@ -63,8 +64,7 @@ def test_overfit_batch_then_continue_the_story():
     assert model.next_captions([STORY[:k] for k in range(5)]) == STORY  # left-padded batch of prefixes
     assert model.continue_story(STORY[:1], 3) == STORY[1:4]
     assert model.continue_story([], 2) == STORY[:2]
-    # past five steps the prefix slides: the last four captions and <SCENE_5>
-    assert len(model.continue_story(STORY, 3)) == 3
+    assert len(model.continue_story(STORY, 3)) == 3  # past the trained prefix length the prefix slides
 
 
 def test_continuations_have_words_and_name_each_character_once():
@@ -91,6 +91,20 @@ def test_continuations_have_words_and_name_each_character_once():
     empty, repeated = model.next_captions(prefixes)
     assert empty.strip(" .")
     assert repeated.casefold().count("wilma") == 1 and repeated.startswith("Wilma and ")
+
+
+def test_continue_story_reads_at_most_the_prefix_length_it_was_trained_with(captioner, monkeypatch):
+    seen = []
+    monkeypatch.setattr(captioner, "next_captions", lambda prefixes: seen.extend(prefixes) or ["Next."] * len(prefixes))
+    assert captioner.continue_story(STORY[:2], 4) == ["Next."] * 4
+    assert seen == [STORY[:2], STORY[:2] + ["Next."], [STORY[1], "Next.", "Next."], ["Next."] * 3]  # K = 3
+    seen.clear()
+    captioner.hparams.max_prefix_len = 0  # reads nothing: the prefix-blind ablation's view
+    captioner.continue_story(STORY[:2], 1)
+    captioner.hparams.max_prefix_len = 3
+    assert seen == [[]]
+    with pytest.raises(VisionTalesError, match="max_prefix_len must be within 0..4, got 5"):
+        SAGANetsCaptioner(gpt2="tiny", max_prefix_len=5)
 
 
 def test_lora_trains_adapters_and_scene_tokens_only():

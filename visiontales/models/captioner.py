@@ -21,6 +21,7 @@ from torchmetrics.text import Perplexity
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from visiontales.backbones import load_gpt2
+from visiontales.errors import VisionTalesError
 from visiontales.evaluation.text_metrics import CaptionScores
 from visiontales.models.text_generation import TextGenerationModule
 from visiontales.vocabulary import MAIN_CHARACTERS, STORY_LENGTH, named_characters
@@ -41,6 +42,7 @@ class SAGANetsCaptioner(TextGenerationModule, kind="saganets_captioner"):
         lora_alpha: int = 32,
         max_caption_tokens: int = 48,
         max_new_tokens: int = 40,
+        max_prefix_len: int = 3,
         **kwargs: Any,
     ) -> None:
         """
@@ -52,9 +54,15 @@ class SAGANetsCaptioner(TextGenerationModule, kind="saganets_captioner"):
             lora_alpha: LoRA alpha (the update is scaled by alpha / r).
             max_caption_tokens: each caption is truncated to this many tokens.
             max_new_tokens: longest caption generated, in tokens.
+            max_prefix_len: the most captions `continue_story` reads before writing the next: the K
+                it was trained with (the paper: 3), taken from the data module when fitting. A longer
+                prefix would end in a scene token it never learned to write after (a captioner
+                trained with K = 3 wrote empty fifth captions from four-caption prefixes).
             **kwargs: the optimiser and decoding options of TextGenerationModule (lr, weight_decay,
                 warmup_steps, decoding, num_beams, top_p, temperature, samples_to_log).
         """
+        if not 0 <= max_prefix_len <= STORY_LENGTH - 1:
+            raise VisionTalesError(f"max_prefix_len must be within 0..{STORY_LENGTH - 1}, got {max_prefix_len}")
         super().__init__(max_new_tokens=max_new_tokens, **kwargs)
         self.gpt2, self.tokenizer = load_gpt2(gpt2)
         self.tokenizer.add_special_tokens({"additional_special_tokens": SCENE_TOKENS})
@@ -127,13 +135,11 @@ class SAGANetsCaptioner(TextGenerationModule, kind="saganets_captioner"):
         return [s.strip() for s in self.tokenizer.batch_decode(out[:, t:], skip_special_tokens=True)]
 
     def continue_story(self, captions: list[str], steps: int) -> list[str]:
-        """The next `steps` captions after `captions` (any number, even none), one at a time.
-
-        The scene tokens number five, so the prefix is the last four captions at most.
-        """
+        """The next `steps` captions after `captions` (any number, even none), one at a time, each
+        from the last `max_prefix_len` captions before it at most (the prefixes it was trained on)."""
         story = list(captions)
         for _ in range(steps):
-            story.append(self.next_captions([story[-(STORY_LENGTH - 1):] if story else []])[0])
+            story.append(self.next_captions([story[max(0, len(story) - self.hparams.max_prefix_len):]])[0])
         return story[len(captions):]
 
     # ------------------------------------------------------------------------------ export
@@ -188,6 +194,8 @@ caption has written it (`visiontales.models.captioner.CastOnce`, a `LogitsProces
         datamodule = getattr(self._trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "drop_images"):
             datamodule.drop_images()  # the captioner reads captions only
+        if stage == "fit" and "max_prefix_len" in getattr(datamodule, "hparams", {}):
+            self.hparams.max_prefix_len = datamodule.hparams.max_prefix_len  # kept in the checkpoint
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, _, _ = self.forward_loss(batch)
