@@ -17,7 +17,6 @@ use the middle frame of each clip, so their scores repeat.
 
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 import random
@@ -31,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from data_modules.common import SPLITS, SkippingDataset, SplitDataModule, SplitReport
-from visiontales.errors import UnreadableItem, VisionTalesError
+from visiontales.errors import UnreadableItem, VisionTalesError, read_json
 from visiontales.vocabulary import MAIN_CHARACTERS, STORY_LENGTH
 
 log = logging.getLogger(__name__)
@@ -78,15 +77,6 @@ class Clip:
     characters: np.ndarray  # (7,) multi-hot
 
 
-def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise VisionTalesError(f"{path}: file not found") from e
-    except json.JSONDecodeError as e:
-        raise VisionTalesError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
-
-
 def _load_pickle(path: Path) -> Any:
     try:
         with open(path, "rb") as f:
@@ -102,7 +92,7 @@ class FlintstonesIndex:
         self.root = Path(root)
         if not self.root.is_dir():
             raise VisionTalesError(f"{self.root}: dataset folder not found")
-        records = _load_json(self.root / ANNOTATIONS)
+        records = read_json(self.root / ANNOTATIONS)
         if not isinstance(records, list):
             raise VisionTalesError(f"{self.root / ANNOTATIONS}: expected a list of per-clip records")
         labels = _load_pickle(self.root / LABELS) if (self.root / LABELS).exists() else {}
@@ -114,7 +104,7 @@ class FlintstonesIndex:
             derived = main_character_labels(record.get("characters") or [])
             self.clips[gid] = Clip(str(record.get("description") or "").strip(), str(record.get("setting") or ""),
                                    np.asarray(labels.get(gid, derived), dtype=np.float32))
-        splits = _load_json(self.root / SPLIT_FILE)
+        splits = read_json(self.root / SPLIT_FILE)
         if not isinstance(splits, dict):
             raise VisionTalesError(f"{self.root / SPLIT_FILE}: expected {{\"train\": [...], \"val\": [...], \"test\": [...]}}")
         self.splits: dict[str, list[str]] = {s: list(splits[s]) for s in SPLITS if s in splits}

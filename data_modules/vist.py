@@ -17,7 +17,6 @@ of lichengunc/vist_eval, where references are keyed by the photo sequence.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections import defaultdict
@@ -31,7 +30,7 @@ from torchvision.transforms import v2 as T
 
 from data_modules.common import SPLITS, SkippingDataset, SplitDataModule, SplitReport
 from data_modules.images import check_images, load_image
-from visiontales.errors import VisionTalesError
+from visiontales.errors import VisionTalesError, read_json
 
 LOG = logging.getLogger("data_modules")
 
@@ -60,12 +59,7 @@ class Sequence:
 
 def read_stories(path: Path, text_field: str = "text") -> dict[str, list[tuple[str, str]]]:
     """Read one SIS JSON: story_id -> [(photo_id, sentence)] in worker_arranged_photo_order."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise VisionTalesError(f"{path}: file not found") from e
-    except json.JSONDecodeError as e:
-        raise VisionTalesError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise VisionTalesError(f"{path}: expected a JSON object with an 'annotations' list (VIST SIS format)")
     records: dict[str, list[tuple[int, str, str]]] = defaultdict(list)

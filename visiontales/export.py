@@ -12,13 +12,12 @@ how to load it.
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from visiontales.errors import VisionTalesError
+from visiontales.errors import VisionTalesError, read_json
 
 BACKBONE_KEYS = {"gpt2": "GPT-2", "clip": "CLIP", "sd": "Stable Diffusion", "backbone": "classifier backbone"}
 
@@ -42,12 +41,7 @@ def monitored_score(checkpoint: dict[str, Any]) -> tuple[str, float] | None:
 def read_metrics(path: Path | None) -> dict[str, Any] | None:
     if path is None:
         return None
-    try:
-        metrics = json.loads(Path(path).read_text())
-    except FileNotFoundError as e:
-        raise VisionTalesError(f"{path}: metrics file not found (--metrics takes evaluate's metrics.json)") from e
-    except json.JSONDecodeError as e:
-        raise VisionTalesError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
+    metrics = read_json(path, "--metrics takes evaluate's metrics.json")
     if not isinstance(metrics, dict) or not isinstance(metrics.get("metrics"), dict):
         raise VisionTalesError(f"{path}: no 'metrics' object (--metrics takes evaluate's metrics.json)")
     return metrics

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from visiontales.errors import VisionTalesError
+from visiontales.errors import VisionTalesError, read_json
 from visiontales.visualizer import Visualizer
 
 PANEL = 256  # storyboard frame side in pixels
@@ -136,12 +136,7 @@ class SAGANetsPipeline:
 def read_prefix(path: Path) -> tuple[list[str], list[torch.Tensor]]:
     """Captions and frames (3xHxW in [-1, 1]) from a prefix JSON: [{"caption": ..., "frame": ...}].
     Frames are optional but must come first: step i can have a frame only if steps < i have."""
-    try:
-        steps = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise VisionTalesError(f"{path}: file not found") from e
-    except json.JSONDecodeError as e:
-        raise VisionTalesError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
+    steps = read_json(path)
     if not isinstance(steps, list) or not steps or not all(isinstance(s, dict) and s.get("caption") for s in steps):
         raise VisionTalesError(f'{path}: expected a non-empty list of {{"caption": "...", "frame": "..."}}')
     captions, frames = [s["caption"] for s in steps], []
