@@ -276,7 +276,10 @@ ROWS = (
 )
 STORIES_FROM_PREFIXES = LORA_1  # the visualizer of the stories continued from test prefixes
 CONTINUITY = 0.7  # the continuity strength of the story_pipeline_continuity row (beyond the paper)
-STORY_RUNS = {"stories": "sagan_stories", "stories with continuity": "sagan_stories_continuity"}
+# the story-pipeline runs: their run folder and the predict options that set them apart
+STORY_RUNS = {"stories": ("sagan_stories", []),
+              "stories with continuity": ("sagan_stories_continuity",
+                                          ["--model.init_args.continuity_strength", str(CONTINUITY)])}
 
 
 def backbone_overrides(config: Path, backbones: dict[str, str]) -> list[str]:
@@ -342,13 +345,12 @@ def plan(profile: Profile, report_dir: Path, runs_dir: Path) -> list[Step]:
              "--seed", "0", *profile.sample]
     steps += [Step(f"story {name}", ["story", "--visualizer", checkpoint(use), *story, *alpha(use),
                                      "--out", str(report_dir / "stories" / name)]) for name, use in BOARDS.items()]
-    for source, name in STORY_RUNS.items():
-        continuity = ["--model.init_args.continuity_strength", str(CONTINUITY)] if "continuity" in source else []
+    for source, (name, options) in STORY_RUNS.items():
         steps.append(Step(f"{source} from test prefixes", [
             *r.lightning_args("predict", name, "sagan_story", flint), *profile.predict,
             "--model.init_args.captioner_checkpoint", last["captioner"],
             "--model.init_args.visualizer_checkpoint", checkpoint(STORIES_FROM_PREFIXES),
-            "--model.init_args.lora_alpha", str(STORIES_FROM_PREFIXES.lora_alpha), *continuity,
+            "--model.init_args.lora_alpha", str(STORIES_FROM_PREFIXES.lora_alpha), *options,
             "--trainer.limit_predict_batches", str(profile.stories)]))
 
     # every row on the same split, captions and seeds; the image options are ignored for text models
@@ -363,7 +365,7 @@ def plan(profile: Profile, report_dir: Path, runs_dir: Path) -> list[Step]:
         elif row.source == "vae reconstructions":
             args = ["--real-frames", "--through-vae", profile.backbones["sd"], "--data-root", str(flint)]
         else:
-            args = ["--stories", str(runs_dir / STORY_RUNS[row.source]), "--data-root", str(flint)]
+            args = ["--stories", str(runs_dir / STORY_RUNS[row.source][0]), "--data-root", str(flint)]
         steps.append(Step(f"evaluate {row.id}", ["evaluate", "--out", str(report_dir / "eval" / row.id), *args, *image]))
     return steps
 
