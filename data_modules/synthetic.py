@@ -367,23 +367,16 @@ def _draw_background(draw: ImageDraw.ImageDraw, setting: str) -> None:
             draw.ellipse([x, y - 24, x + 6, y - 17], fill=(250, 250, 250))
 
 
-def _draw_character(draw: ImageDraw.ImageDraw, name: str, cx: float, ground: float, phase: int, action: str) -> None:
-    """One character standing on `ground` at x = cx; `phase` (0..4) animates `action`."""
-    if name == NPC:
-        body, hair, height, width = (40, 50, 110), (30, 30, 60), 0.9, 0.6
-    else:
-        body, hair, height, width = CHARACTERS[name]
+def draw_person(draw: ImageDraw.ImageDraw, look: tuple, cx: float, ground: float, phase: int, action: str) -> float:
+    """A figure of `look` (body colour, hair colour or None, height, width) standing on `ground` at
+    x = cx; `phase` (0..4) animates `action`. Returns the y of the top of its head."""
+    body, hair, height, width = look
     h, w = 62 * height, 26 * width
     if action == "sitting":
         h *= 0.75
     if action == "laughing":
         ground -= 3 * (phase % 2)
     top = ground - h
-    if name == "Dino":  # a long body, a long neck, a small head
-        draw.ellipse([cx - w, ground - h * 0.45, cx + w * 0.6, ground], fill=body)
-        draw.rectangle([cx + w * 0.3, top + 8, cx + w * 0.55, ground - h * 0.3], fill=body)
-        draw.ellipse([cx + w * 0.2, top, cx + w * 0.9, top + 12], fill=body)
-        return
     head = 10 * max(height, 0.7)
     draw.rectangle([cx - w / 2, top + 2 * head, cx + w / 2, ground - 6], fill=body)
     for leg in (-w / 4, w / 4):
@@ -392,6 +385,26 @@ def _draw_character(draw: ImageDraw.ImageDraw, name: str, cx: float, ground: flo
     draw.ellipse([cx - head, top, cx + head, top + 2 * head], fill=SKIN)
     if hair is not None:
         draw.pieslice([cx - head, top - 3, cx + head, top + head], 180, 360, fill=hair)
+    if action == "talking" and phase % 2:
+        draw.ellipse([cx - 2, top + 1.4 * head, cx + 2, top + 1.7 * head], fill=(120, 20, 20))
+    return top
+
+
+def _draw_character(draw: ImageDraw.ImageDraw, name: str, cx: float, ground: float, phase: int, action: str) -> None:
+    """One character standing on `ground` at x = cx: a person of the character's look with what
+    tells it apart (Fred's tie and spots, Wilma's bun, ...); Dino is a dinosaur."""
+    look = ((40, 50, 110), (30, 30, 60), 0.9, 0.6) if name == NPC else CHARACTERS[name]
+    if name == "Dino":  # a long body, a long neck, a small head
+        body, _, height, width = look
+        h, w = 62 * height * (0.75 if action == "sitting" else 1), 26 * width
+        ground -= 3 * (phase % 2) if action == "laughing" else 0
+        top = ground - h
+        draw.ellipse([cx - w, ground - h * 0.45, cx + w * 0.6, ground], fill=body)
+        draw.rectangle([cx + w * 0.3, top + 8, cx + w * 0.55, ground - h * 0.3], fill=body)
+        draw.ellipse([cx + w * 0.2, top, cx + w * 0.9, top + 12], fill=body)
+        return
+    top = draw_person(draw, look, cx, ground, phase, action)
+    head = 10 * max(look[2], 0.7)
     if name == "Fred":
         draw.polygon([(cx - 3, top + 2 * head), (cx + 3, top + 2 * head), (cx, top + 2 * head + 8)], fill=(40, 90, 220))
         for dx, dy in ((-6, 14), (5, 22), (-3, 32)):
@@ -399,11 +412,9 @@ def _draw_character(draw: ImageDraw.ImageDraw, name: str, cx: float, ground: flo
     if name == "Mr Slate":
         draw.rectangle([cx - head + 2, top + head - 2, cx + head - 2, top + head + 2], outline=(0, 0, 0))
     if name == "Wilma":
-        draw.ellipse([cx - 4, top - 8, cx + 4, top], fill=hair)  # her bun
+        draw.ellipse([cx - 4, top - 8, cx + 4, top], fill=look[1])  # her bun
     if name == "Pebbles":
         draw.rectangle([cx - 5, top - 4, cx + 5, top - 2], fill=(250, 250, 250))  # the bone in her hair
-    if action == "talking" and phase % 2:
-        draw.ellipse([cx - 2, top + 1.4 * head, cx + 2, top + 1.7 * head], fill=(120, 20, 20))
 
 
 def draw_clip(setting: str, names: list[str], action: str, rng: random.Random) -> np.ndarray:
