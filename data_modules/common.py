@@ -59,13 +59,14 @@ class SplitReport:
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors along a new batch dim; keep everything else as per-item lists. Items that
-    stood in for unreadable ones (`SkippingDataset`) pass their notes on as `batch["skipped"]`."""
+    """Stack tensors along a new batch dim; keep everything else (and tensors some items left out:
+    None) as per-item lists. Items that stood in for unreadable ones (`SkippingDataset`) pass their
+    notes on as `batch["skipped"]`."""
     skipped = [note for item in items for note in item.pop(SKIPPED, [])]
     batch = {SKIPPED: skipped} if skipped else {}
     for key in items[0]:
         values = [item[key] for item in items]
-        batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+        batch[key] = torch.stack(values) if all(isinstance(v, torch.Tensor) for v in values) else values
     return batch
 
 

@@ -21,6 +21,7 @@ import logging
 import pickle
 import random
 import zlib
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -214,13 +215,15 @@ class FlintstonesStories(SkippingDataset):
     """Items: `story_id`, `clip_ids` (5), `texts` (5), `settings` (5), `characters` (5x7 float),
     `prefix_len` (k), `frame_index` (5: the frame drawn from each clip), and by `image_source`:
     "files": `images` (5x3xRxR float in [-1, 1]); "target": `target_image` (3xRxR, the frame of
-    step k+1 only: a fifth of the decoding and of the batch); "none": no pixels."""
+    step k+1 only: a fifth of the decoding and of the batch; None where its "<globalID>#<frame>"
+    key is in `cached_frames`); "none": no pixels."""
 
     def __init__(self, index: FlintstonesIndex, stories: list[list[str]], train: bool, max_prefix: int,
                  resolution: int, eval_frame: int, seed: int) -> None:
         self.index, self.stories, self.train = index, stories, train
         self.max_prefix, self.resolution, self.eval_frame, self.seed = max_prefix, resolution, eval_frame, seed
         self.image_source: Literal["files", "target", "none"] = "files"
+        self.cached_frames: Container[str] = ()
 
     def __len__(self) -> int:
         return len(self.stories)
@@ -239,7 +242,9 @@ class FlintstonesStories(SkippingDataset):
             item["images"] = torch.stack([read_frame(self.index.frames_path(c), t, self.resolution)
                                           for c, t in zip(story, frames, strict=True)])
         elif self.image_source == "target":  # only the frame of step k+1, the one a visualizer draws
-            item["target_image"] = read_frame(self.index.frames_path(story[k]), frames[k], self.resolution)
+            key = f"{story[k]}#{frames[k]}"
+            item["target_image"] = None if key in self.cached_frames else read_frame(
+                self.index.frames_path(story[k]), frames[k], self.resolution)
         return item
 
 
@@ -288,12 +293,14 @@ class FlintstonesSVDataModule(SplitDataModule):
         clips = {c for split in self.splits_for(stage) for story in self.datasets[split].stories for c in story}
         return {f"{c}#{t}": self.index.frames_path(c) for c in sorted(clips) for t in range(FRAMES)}
 
-    def serve_target_frames(self, splits: list[str] | None = None) -> None:
+    def serve_target_frames(self, splits: list[str] | None = None, cached: Container[str] = ()) -> None:
         """Serve only the frame of step k+1 (`target_image`) in these splits (default: all), for
-        models that draw or score that frame alone (the LoRA visualizer)."""
+        models that draw or score that frame alone (the LoRA visualizer); None for the frames whose
+        `frame_files` keys are in `cached` (a latent cache's keys: the model reads those there; a
+        worker process sees them as they were when its epoch began)."""
         for split, dataset in self.datasets.items():
             if splits is None or split in splits:
-                dataset.image_source = "target"
+                dataset.image_source, dataset.cached_frames = "target", cached
 
     def load_frame(self, key: str, path: Path) -> torch.Tensor:
         """The frame named by a `frame_files` key, as served in `images`."""

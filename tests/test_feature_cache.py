@@ -105,3 +105,29 @@ def test_processes_share_the_work_and_read_every_shard(tmp_path):
     assert encoders[0].seen == encoders[1].seen == 20
     for r in (0, 1):
         assert len(results[r]) == 40 and torch.equal(results[r]["item039"], torch.full((2, 3), 39 / 7 * 2))
+
+
+def test_a_filling_cache_holds_what_its_user_adds_across_runs_and_source_changes(tmp_path):
+    paths = _sources(tmp_path / "src", 12)
+    cache = FeatureCache(tmp_path / "cache", "key", dtype=torch.float16, shard_size=5)
+    filling = cache.filling(paths)
+    assert len(filling) == 0 and not filling.complete
+    assert filling.lookup(["item001", "item002"]) == [None, None]
+    with pytest.raises(KeyError, match="item999"):
+        filling.lookup(["item999"])
+    filling.add(["item001", "item002"], torch.stack([_load(k, paths[k]) for k in ("item001", "item002")]))
+    assert len(filling) == 2 and "item001" in filling and "item003" not in filling
+    assert torch.equal(filling["item002"], _load("item002", paths["item002"]).half().float())
+    assert len(list((cache.root / "items").rglob("*.npy"))) == 2 and not list(cache.root.rglob("*.tmp-*"))
+    # a later run finds them; a changed source file is not served stale
+    paths["item002"].write_text("42")
+    again = FeatureCache(tmp_path / "cache", "key", dtype=torch.float16, shard_size=5).filling(paths)
+    assert len(again) == 1 and again.lookup(["item001", "item002"])[1] is None
+    rest = [k for k in paths if k not in again]
+    again.add(rest, torch.stack([_load(k, paths[k]) for k in rest]))
+    assert again.complete and torch.equal(again["item002"], torch.full((2, 3), 6.0).half().float())
+    # the shards of a full build under the same key are served too, nothing re-encoded
+    other = _sources(tmp_path / "other", 7)
+    FeatureCache(tmp_path / "cache", "key", shard_size=5).get(other, _load, Encoder())
+    built = FeatureCache(tmp_path / "cache", "key", shard_size=5).filling(other)
+    assert built.complete and torch.equal(built["item004"], _load("item004", other["item004"]) * 2)

@@ -189,29 +189,48 @@ def test_half_precision_keeps_adapters_fp32(flintstones_root, tmp_path):
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
 
 
-def test_cache_serves_the_same_latents_and_skips_the_encoders(flintstones_root, tmp_path, monkeypatch):
+def test_latent_cache_fills_as_training_draws_frames_and_then_skips_the_encoders(flintstones_root, tmp_path,
+                                                                                monkeypatch):
     from data_modules.flintstones import FlintstonesSVDataModule
 
     monkeypatch.setenv("VISIONTALES_HOME", str(tmp_path / "home"))
     model = LoRADiffusionVisualizer(sd="tiny", resolution=32, cache=True, val_samples=0)
+    encode_frames, encoded = model.sd.encode_frames, []
+    monkeypatch.setattr(model.sd, "encode_frames", lambda frames: encoded.append(len(frames)) or encode_frames(frames))
     dm = FlintstonesSVDataModule(str(flintstones_root), resolution=32, batch_size=2)
-    trainer = L.Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False,
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, limit_val_batches=0, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(model, dm)
-    n_clips = len({c for split in ("train", "val") for s in dm.datasets[split].stories for c in s})
-    assert len(model.latent_cache) == 5 * n_clips
-    train, val = dm.datasets["train"][0], dm.datasets["val"][0]
-    assert not {"images", "target_image"} & set(train) and "images" not in val  # validation: frame k+1 only
-    k = val["prefix_len"]
-    key = f"{val['clip_ids'][k]}#{int(val['frame_index'][k])}"
-    posterior = model.sd.encode_frames(val["target_image"][None])[0]
-    assert torch.allclose(model.latent_cache[key], posterior, atol=2e-3)  # kept in fp16
+    # nothing encoded up front: the frames the three steps drew, each once, as an uncached run would
+    assert 1 <= sum(encoded) == len(model.latent_cache) <= 3 * 2
+    key = next(iter(model.latent_cache.present))
+    frame = dm.load_frame(key, dm.index.frames_path(key.split("#")[0]))
+    assert torch.allclose(model.latent_cache[key], encode_frames(frame[None])[0], atol=2e-3)  # kept in fp16
+    items = [dm.datasets["train"][i] for i in range(len(dm.datasets["train"]))]
+    served = {f"{it['clip_ids'][it['prefix_len']]}#{int(it['frame_index'][it['prefix_len']])}":
+              it["target_image"] is not None for it in items}
+    assert not any(served[k] for k in served if k in model.latent_cache)  # the loader skips cached frames
+    assert all(served[k] for k in served if k not in model.latent_cache)  # and decodes the others
+
+    batch = next(iter(dm.train_dataloader()))
+    model.targets(batch)  # caches this batch's frames
     calls = []
     monkeypatch.setattr(model.sd.vae, "encode", lambda *a, **k: calls.append("vae"))
     monkeypatch.setattr(model.sd.text_encoder, "forward", lambda *a, **k: calls.append("text"))
-    batch = next(iter(dm.train_dataloader()))
     latents, states = model.targets(batch)
     assert calls == [] and latents.shape == (2, 4, 16, 16) and states.shape[1:] == (77, 32)
+
+    # once every frame of every clip is cached the loader decodes none, and a later run finds them all
+    monkeypatch.undo()
+    files = dm.frame_files("fit")
+    rest = [k for k in files if k not in model.latent_cache]
+    model.latent_cache.add(rest, encode_frames(torch.stack([dm.load_frame(k, files[k]) for k in rest])))
+    assert model.latent_cache.complete and dm.datasets["train"][0]["target_image"] is None
+    assert dm.datasets["val"][0]["target_image"] is not None  # validation shows its ground truth
+    from visiontales.feature_cache import FeatureCache
+
+    assert FeatureCache(model.latent_cache.cache.root.parent, model.latent_cache.cache.key,
+                        dtype=torch.float16).filling(files).complete
 
 
 def test_character_tokens_are_appended_and_trained(tmp_path):

@@ -16,8 +16,6 @@ from conftest import REPO, tiny_overrides
 from visiontales.cli import main
 from visiontales.reproduce import COUNTS, Runner, Step, plan, profiles, resolved_config
 
-PAPER_PROFILE_SETTINGS = ("--model.init_args.cache",)  # the LoRA cache, off for the smoke on a CPU
-
 
 def _options(args: list[str]) -> dict[str, str]:
     options, key = {}, None
@@ -55,7 +53,7 @@ def test_smoke_runs_the_paper_profiles_steps_with_other_counts_only(tmp_path, mo
     assert configs and all(c.startswith("experiments/") and "/tiny/" not in c for c in configs)
     for (name, _, _, paper), (_, _, _, smoke) in zip(steps["paper"], steps["smoke"], strict=True):
         differing = {k for k in paper.keys() | smoke.keys() if paper.get(k) != smoke.get(k)}
-        assert differing <= set(COUNTS) | set(PAPER_PROFILE_SETTINGS), (name, differing)
+        assert differing <= set(COUNTS), (name, differing)
 
 
 def _fake_fit(calls: list[list[str]], config: str = "model: {lr: 1}"):

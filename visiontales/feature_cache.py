@@ -12,6 +12,12 @@ renamed into place. So:
   process shares), and building holds one shard in memory: peak RAM does not grow with the dataset;
 - with several processes (DDP) each encodes every `world_size`-th missing shard, then all meet at
   the barrier and read every shard.
+
+`FeatureCache.filling` is the other way to build it, for training that draws a few of many items
+per epoch (the LoRA visualizer: one of each clip's five frames): nothing is encoded up front; the
+model looks each batch's items up, encodes the ones not there yet (work it would do uncached) and
+adds them, one `.npy` file per item under `items/` (written whole, then renamed into place). The
+first epoch costs what an uncached one does, and every later one (or run) less.
 """
 
 from __future__ import annotations
@@ -95,6 +101,72 @@ class CachedFeatures(Mapping[str, torch.Tensor]):
             os.close(fd)
 
 
+class FillingFeatures:
+    """A cache filled as training reads it (`FeatureCache.filling`): `lookup` the features of some
+    ids (None where not cached yet), `add` the ones the caller encoded. Serves the shards of a full
+    build under the same key too, where there are any."""
+
+    def __init__(self, cache: FeatureCache, paths: Mapping[str, Path | None]) -> None:
+        self.cache, self.paths = cache, dict(paths)
+        built = [(file, ids) for file, ids in cache.plan(paths) if file.exists()]
+        self.shards = CachedFeatures([file for file, _ in built],
+                                     {i: (s, row) for s, (_, ids) in enumerate(built) for row, i in enumerate(ids)})
+        self.present = set(self.shards.index) | {i for i in self.paths if self.cache.item_file(i, self.paths[i]).exists()}
+
+    @property
+    def complete(self) -> bool:
+        """Every id is cached: the inputs need not be read any more."""
+        return len(self.present) == len(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.present)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.present
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        found = self.lookup([key])[0]
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def lookup(self, keys: list[str]) -> list[torch.Tensor | None]:
+        """The features of these ids (float32), None for each one not cached yet."""
+        out: list[torch.Tensor | None] = []
+        for key in keys:
+            if key not in self.paths:
+                raise KeyError(f"{key}: not one of the items this cache was opened for")
+            if key in self.shards.index:
+                out.append(self.shards[key])
+            elif key in self.present:
+                out.append(torch.from_numpy(np.load(self.cache.item_file(key, self.paths[key])).astype(np.float32)))
+            else:
+                out.append(None)
+        return out
+
+    def fetch(self, keys: list[str], encode: Callable[[list[int]], torch.Tensor]) -> torch.Tensor:
+        """The features of these ids stacked (float32): the cached ones read, the others encoded
+        by `encode(their positions in keys)` and added."""
+        found = self.lookup(keys)
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            encoded = encode(missing)
+            self.add([keys[i] for i in missing], encoded)
+            for i, features in zip(missing, encoded, strict=True):
+                found[i] = features.float()
+        return torch.stack(found)
+
+    def add(self, keys: list[str], features: torch.Tensor) -> None:
+        """Store the features (one row per id) the caller encoded for these ids."""
+        rows = features.detach().float().to(self.cache.dtype).cpu().numpy()
+        for key, row in zip(keys, rows, strict=True):
+            if key not in self.present:
+                file = self.cache.item_file(key, self.paths[key])
+                file.parent.mkdir(parents=True, exist_ok=True)
+                FeatureCache._write(file, row)
+                self.present.add(key)
+
+
 class FeatureCache:
     """Features of many items under one key (e.g. CLIP weights fingerprint + preprocessing)."""
 
@@ -116,6 +188,20 @@ class FeatureCache:
                 digest.update(f"\n{i}\t{file_signature(paths[i])}".encode())
             shards.append((self.root / f"{digest.hexdigest()[:24]}.npy", chunk))
         return shards
+
+    def item_file(self, key: str, path: Path | None) -> Path:
+        """Where `filling` keeps one item: named by the hash of its id and its file's signature."""
+        digest = hashlib.sha1(f"{self.key}\n{key}\t{file_signature(path)}".encode()).hexdigest()
+        return self.root / "items" / digest[:2] / f"{digest[2:24]}.npy"
+
+    def filling(self, paths: Mapping[str, Path | None]) -> FillingFeatures:
+        """The cache of these items as it stands, to be filled by its user (`FillingFeatures`)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "key.txt").write_text(self.key + "\n")
+        features = FillingFeatures(self, paths)
+        log.info("feature cache %s: %d of %d items cached; the rest are added as training encodes them",
+                 self.root, len(features), len(paths))
+        return features
 
     def get(self, paths: Mapping[str, Path | None], load: Callable[[str, Path | None], torch.Tensor],
             encode: Callable[[torch.Tensor], torch.Tensor], *, batch_size: int = 64, num_workers: int = 0,

@@ -71,19 +71,15 @@ PAPER_BACKBONES = {"gpt2": "openai-community/gpt2", "clip": "ViT-B-32-quickgelu@
 
 
 def profiles() -> dict[str, Profile]:
-    import torch
-
     from visiontales.stand_ins import hub_environment
 
     data = Path(os.environ.get("VISIONTALES_DATA", "data"))
     short = ["--trainer.limit_train_batches", "20"]
-    cpu = not torch.cuda.is_available()
     tiny_domain = dict.fromkeys(PAPER_BACKBONES, "tiny-domain")
     paper = Profile("paper", Path("experiments"), Path(os.environ.get("VIST_ROOT", data / "vist")),
                     Path(os.environ.get("FLINTSTONES_ROOT", data / "flintstones")), dict(PAPER_BACKBONES),
                     epochs={"lora": 3}, sample=["--precision", "bf16-mixed"])
-    # the paper's steps at real size with every count shrunk, on whatever device is there; on a CPU
-    # the LoRA run is uncached (the cache's first pass would encode every frame at 512 px, ~11 s each)
+    # the paper's steps at real size with every count shrunk, on whatever device is there
     smoke_epochs = {"storyteller_prefix": 1, "storyteller_prompt": 1, "character_classifier": 1, "captioner": 1,
                     "lora": 2, "gan": 2, "clip_centric": 1, "temporal_coherence": 1, "combined": 1}
     smoke = Profile(
@@ -91,8 +87,7 @@ def profiles() -> dict[str, Profile]:
         epochs=smoke_epochs, snapshots={1: 1, 5: 1}, stories=1, board_frames=2,
         train_all=["--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
                    "--data.init_args.batch_size", "1", "--data.init_args.eval_batch_size", "1"],
-        train={"lora": ["--model.init_args.num_inference_steps", "1", "--model.init_args.val_samples", "1",
-                        *(["--model.init_args.cache", "false"] if cpu else [])]},
+        train={"lora": ["--model.init_args.num_inference_steps", "1", "--model.init_args.val_samples", "1"]},
         predict=["--data.init_args.eval_batch_size", "1"], evaluate=["--max-frames", "2"], sample=list(paper.sample), env={**hub_environment(), "HF_HUB_VERBOSITY": "error"})
     return {
         "tiny": Profile("tiny", Path("experiments/tiny"), data / "vist-synthetic", data / "flintstones-synthetic",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from visiontales.backbones import load_stable_diffusion
+from visiontales.errors import VisionTalesError
+from visiontales.feature_cache import FillingFeatures
 from visiontales.sd import encode_latents
 from visiontales.visualizer import Drawing, Visualizer
 from visiontales.vocabulary import MAIN_CHARACTERS, named_characters
@@ -78,8 +79,10 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
             sampler: "ddim" or "dpm" (DPM-Solver++ multistep) for inference.
             num_inference_steps: denoising steps at inference.
             guidance_scale: classifier-free guidance scale (1.0: no guidance).
-            cache: encode every frame with the VAE and every caption with the text encoder once
-                (at setup) and train on the stored results, skipping both encoders afterwards.
+            cache: keep each frame's VAE posterior and each caption's text-encoder states on disk
+                the first time training encodes them, and read them from there afterwards: the
+                first epoch costs what an uncached one does, later epochs and runs skip the
+                encoders (and the loader the decoding) for what is cached.
             gradient_checkpointing: trade compute for memory in the UNet.
             val_samples: validation frames drawn each epoch, beside their ground truth, for
                 fixed captions and seeds.
@@ -102,8 +105,8 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
             self.sd.unet.enable_gradient_checkpointing()
         # a list, not a one-shot iterator: the optimizer, gradient clipping and casts all see them
         self.trainable_parameters = [p for p in self.sd.parameters() if p.requires_grad]
-        self.latent_cache: Mapping[str, torch.Tensor] = {}
-        self.caption_cache: Mapping[str, torch.Tensor] = {}
+        self.latent_cache: FillingFeatures | None = None
+        self.caption_cache: FillingFeatures | None = None
 
     # ------------------------------------------------------------------------------ encoders
 
@@ -138,10 +141,10 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
         latents are drawn from the VAE posterior with `generator` when given."""
         ks = batch["prefix_len"]
         captions = [texts[k] for texts, k in zip(batch["texts"], ks, strict=True)]
-        if self.latent_cache:
+        if self.latent_cache is not None:
             keys = [f"{clips[k]}#{int(frames[k])}" for clips, frames, k in
                     zip(batch["clip_ids"], batch["frame_index"], ks, strict=True)]
-            posterior = torch.stack([self.latent_cache[key] for key in keys]).to(self.device)
+            posterior = self.cached_posteriors(keys, batch)
         else:
             posterior = self.sd.encode_frames(target_frames(batch))
         characters = None
@@ -152,11 +155,26 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
             captions = [c if k else "" for c, k in zip(captions, keep, strict=True)]
             if characters is not None:
                 characters = characters * torch.tensor(keep, dtype=characters.dtype)[:, None]
-        if self.caption_cache:
-            states = torch.stack([self.caption_cache[_text_key(c)] for c in captions]).to(self.device)
+        if self.caption_cache is not None:
+            states = self.caption_cache.fetch([_text_key(c) for c in captions],
+                                              lambda missing: self.encode_captions([captions[i] for i in missing]))
+            states = states.to(self.device)
         else:
             states = self.encode_captions(captions, characters, grad=self.training and self.hparams.character_tokens)
         return self.sd.latents(posterior, generator), states
+
+    def cached_posteriors(self, keys: list[str], batch: dict[str, Any]) -> torch.Tensor:
+        """VAE posteriors of the batch's target frames (named by `keys`) from the latent cache;
+        those not cached yet are encoded from the batch's frames and added to it."""
+        def encode(missing: list[int]) -> torch.Tensor:
+            frames = target_frames(batch, missing)
+            if frames is None:
+                raise VisionTalesError(f"latent cache {self.latent_cache.cache.root}: {keys[missing[0]]} is no "
+                                       "longer cached and the loader did not serve its frame (was the cache "
+                                       "deleted during the run?)")
+            return self.sd.encode_frames(frames)
+
+        return self.latent_cache.fetch(keys, encode).to(self.device)
 
     def diffusion_loss(self, batch: dict[str, Any], generator: torch.Generator | list[torch.Generator] | None = None
                        ) -> torch.Tensor:
@@ -230,25 +248,24 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
         if hasattr(datamodule, "serve_target_frames"):
             datamodule.serve_target_frames()  # frame k+1 is all this model reads
         if self.hparams.cache and stage == "fit" and hasattr(datamodule, "frame_files"):
-            self.fill_caches(datamodule, stage)
+            self.open_caches(datamodule, stage)
+            # training frames the cache holds are not decoded (validation still shows its frames)
+            datamodule.serve_target_frames(["train"], cached=self.latent_cache.present)
 
-    def fill_caches(self, datamodule, stage: str) -> None:
-        """Encode every frame (VAE) and caption (text encoder) of the stage once, into sharded disk
-        caches read lazily (visiontales.feature_cache; fp16); the data module then stops decoding
-        frames for training. Under DDP each process encodes its share."""
+    def open_caches(self, datamodule, stage: str) -> None:
+        """Open the disk caches (visiontales.feature_cache, fp16) of the stage's frames (VAE
+        posteriors) and captions (text-encoder states), filled as training encodes them. Each
+        process (DDP) adds what it encodes; a later run finds what any run added."""
         from visiontales.backbones import fingerprint, home
         from visiontales.feature_cache import FeatureCache
 
-        strategy = self.trainer.strategy
-        self.sd.vae.to(strategy.root_device)
-        self.sd.text_encoder.to(strategy.root_device)
+        device = self.trainer.strategy.root_device
+        self.sd.vae.to(device)
+        self.sd.text_encoder.to(device)
         vae_key = f"vae/{fingerprint(self.sd.vae)}/{datamodule.hparams.resolution}"
-        shared = {"rank": strategy.global_rank, "world_size": strategy.world_size, "barrier": strategy.barrier}
-        # fp16 posterior means and log-variances (8 x 64 x 64 at 512 px: 64 KiB a frame)
-        self.latent_cache = FeatureCache(home() / "latents", vae_key, dtype=torch.float16).get(
-            datamodule.frame_files(stage), datamodule.load_frame, self.sd.encode_frames,
-            num_workers=datamodule.hparams.num_workers, **shared)
-        datamodule.drop_images(["train"])  # validation still shows its ground-truth frames
+        # posterior means and log-variances (8 x 64 x 64 at 512 px: 64 KiB a frame)
+        self.latent_cache = FeatureCache(home() / "latents", vae_key, dtype=torch.float16).filling(
+            datamodule.frame_files(stage))
         if self.hparams.character_tokens:
             return  # the caption embeddings change as the character tokens train: nothing to cache
         captions = {c for split in datamodule.splits_for(stage) for story in datamodule.datasets[split].stories
@@ -256,10 +273,8 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
         if self.hparams.caption_dropout:
             captions.add("")
         text_key = f"text/{fingerprint(self.sd.text_encoder)}"
-        texts = {_text_key(c): c for c in captions}
-        self.caption_cache = FeatureCache(home() / "captions", text_key, dtype=torch.float16).get(
-            dict.fromkeys(texts), lambda key, _: key, lambda keys: self.encode_captions([texts[k] for k in keys]),
-            **shared)
+        self.caption_cache = FeatureCache(home() / "captions", text_key, dtype=torch.float16).filling(
+            dict.fromkeys(_text_key(c) for c in captions))
 
     def export_lora(self, directory: str | Path) -> Path:
         """Write the adapters as diffusers' `pytorch_lora_weights.safetensors` (with their LoRA
@@ -302,12 +317,18 @@ frame = pipe("Fred and Barney are talking in the quarry.", height={h.resolution}
         return torch.optim.AdamW(self.trainable_parameters, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
 
-def target_frames(batch: dict[str, Any]) -> torch.Tensor:
-    """The frame of step k+1 of each story (B, 3, R, R): `target_image` when the data module
-    serves only that frame, else picked from the five `images`."""
+def target_frames(batch: dict[str, Any], stories: list[int] | None = None) -> torch.Tensor | None:
+    """The frame of step k+1 of each story (B, 3, R, R), or of the `stories` given: `target_image`
+    when the data module serves only that frame, else picked from the five `images`; None if the
+    batch lacks one of them."""
+    stories = range(len(batch["prefix_len"])) if stories is None else stories
     if "target_image" in batch:
-        return batch["target_image"]
-    return torch.stack([images[k] for images, k in zip(batch["images"], batch["prefix_len"], strict=True)])
+        frames = [batch["target_image"][i] for i in stories]
+    elif "images" in batch:
+        frames = [batch["images"][i][batch["prefix_len"][i]] for i in stories]
+    else:
+        return None
+    return None if any(f is None for f in frames) else torch.stack(frames)
 
 
 def _text_key(caption: str) -> str:
