@@ -107,16 +107,17 @@ class FillingFeatures:
     build under the same key too, where there are any."""
 
     def __init__(self, cache: FeatureCache, paths: Mapping[str, Path | None]) -> None:
-        self.cache, self.paths = cache, dict(paths)
+        self.cache = cache
+        self.files = {i: cache.item_file(i, path) for i, path in paths.items()}  # named once, not per step
         built = [(file, ids) for file, ids in cache.plan(paths) if file.exists()]
         self.shards = CachedFeatures([file for file, _ in built],
                                      {i: (s, row) for s, (_, ids) in enumerate(built) for row, i in enumerate(ids)})
-        self.present = set(self.shards.index) | {i for i in self.paths if self.cache.item_file(i, self.paths[i]).exists()}
+        self.present = set(self.shards.index) | {i for i, file in self.files.items() if file.exists()}
 
     @property
     def complete(self) -> bool:
         """Every id is cached: the inputs need not be read any more."""
-        return len(self.present) == len(self.paths)
+        return len(self.present) == len(self.files)
 
     def __len__(self) -> int:
         return len(self.present)
@@ -134,12 +135,12 @@ class FillingFeatures:
         """The features of these ids (float32), None for each one not cached yet."""
         out: list[torch.Tensor | None] = []
         for key in keys:
-            if key not in self.paths:
+            if key not in self.files:
                 raise KeyError(f"{key}: not one of the items this cache was opened for")
             if key in self.shards.index:
                 out.append(self.shards[key])
             elif key in self.present:
-                out.append(torch.from_numpy(np.load(self.cache.item_file(key, self.paths[key])).astype(np.float32)))
+                out.append(torch.from_numpy(np.load(self.files[key]).astype(np.float32)))
             else:
                 out.append(None)
         return out
@@ -161,9 +162,8 @@ class FillingFeatures:
         rows = features.detach().float().to(self.cache.dtype).cpu().numpy()
         for key, row in zip(keys, rows, strict=True):
             if key not in self.present:
-                file = self.cache.item_file(key, self.paths[key])
-                file.parent.mkdir(parents=True, exist_ok=True)
-                FeatureCache._write(file, row)
+                self.files[key].parent.mkdir(parents=True, exist_ok=True)
+                FeatureCache._write(self.files[key], row)
                 self.present.add(key)
 
 
