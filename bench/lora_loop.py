@@ -1,6 +1,8 @@
 """Our Lightning training step of LoRADiffusionVisualizer against a plain PyTorch loop doing the
 same work (same model object class and settings, same data module, same batches, same optimizer),
-in the same process. Target: Lightning / plain <= 1.10.
+in the same process. Target: Lightning / plain <= 1.0. Each loop's time is the median step of a
+run; the two loops alternate `--repeats` times and the best run of each is compared (this machine's
+load drifts by about 10% between runs, so one pair alone can miss either way).
 
     python bench/lora_loop.py [--steps 60] [--resolution 64] [--batch-size 8]
 """
@@ -69,7 +71,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2, help="alternate the two loops this many times")
+    parser.add_argument("--repeats", type=int, default=3, help="alternate the two loops this many times")
     opts = parser.parse_args()
 
     from data_modules.synthetic import write_synthetic_flintstones
