@@ -10,13 +10,12 @@ time (bench/lora_loop.py); not in `make bench`.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 
 import lightning as L
 import torch
-from timing import StepTimer
+from timing import StepTimer, median_step
 
 
 class OneLayer(L.LightningModule):
@@ -44,7 +43,7 @@ def plain_loop(data) -> float:
         loss.backward()
         optimizer.step()
         times.append(time.perf_counter())
-    return statistics.median(b - a for a, b in zip(times[5:], times[6:], strict=False))
+    return median_step(times, 5)
 
 
 def lightning_loop(data, log: bool, workdir: str) -> float:

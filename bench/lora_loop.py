@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from results import record
-from timing import StepTimer
+from timing import StepTimer, median_step
 
 
 def make(root: Path, resolution: int, batch_size: int):
@@ -50,7 +49,7 @@ def plain_loop(root: Path, steps: int, resolution: int, batch_size: int) -> floa
             done += 1
             if done == steps:
                 break
-    return statistics.median(b - a for a, b in zip(times[6:], times[7:], strict=False))
+    return median_step(times, 6)
 
 
 def lightning_loop(root: Path, steps: int, resolution: int, batch_size: int, workdir: Path) -> float:

@@ -27,7 +27,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from results import record
-from timing import StepTimer
+from timing import StepTimer, median_step
 
 TARGET = 0.95
 
@@ -100,7 +100,7 @@ def plain_training(make, gpt2: str, root: Path, steps: int, batch_size: int) -> 
             times.append(time.perf_counter())
             if len(tokens) == steps:
                 break
-    return statistics.median(tokens) / statistics.median(b - a for a, b in zip(times[6:], times[7:], strict=False))
+    return statistics.median(tokens) / median_step(times, 6)
 
 
 class TokenCounter(StepTimer):

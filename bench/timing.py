@@ -8,6 +8,12 @@ import time
 import lightning as L
 
 
+def median_step(times: list[float], skip: int) -> float:
+    """Median gap between consecutive step-end times, from times[skip] on (warm-up left out)."""
+    times = times[skip:]
+    return statistics.median(b - a for a, b in zip(times, times[1:], strict=False))
+
+
 class StepTimer(L.Callback):
     """Wall time of each training step (batch fetch included), measured from Lightning's hooks."""
 
@@ -19,5 +25,4 @@ class StepTimer(L.Callback):
 
     def step_seconds(self, skip: int = 5) -> float:
         """Median seconds per step, leaving out the first `skip` steps (warm-up)."""
-        times = self.times[skip:]
-        return statistics.median(b - a for a, b in zip(times, times[1:], strict=False))
+        return median_step(self.times, skip)
