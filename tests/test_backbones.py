@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -49,3 +50,42 @@ def test_missing_weights_say_which_in_one_line(loader, spec, message):
     with pytest.raises(VisionTalesError, match=message) as info:
         loader(spec)
     assert "\n" not in str(info.value)
+
+
+def test_clip_text_encoder_is_the_clip_text_tower_weight_for_weight(visiontales_home):
+    """The SD text encoder built from a CLIP gives the hidden states open_clip's own text tower
+    computes (before pooling), for real captions padded as the SD tokenizer pads them."""
+    import open_clip
+
+    from visiontales.backbones import clip_text_encoder
+
+    clip = load_clip("tiny")
+    with torch.no_grad():
+        torch.nn.init.normal_(clip.ln_final.weight)  # a trained-looking final norm, so a missed copy shows
+    encoder = clip_text_encoder(clip)
+    ids = open_clip.tokenize(["Fred and Barney are talking in the quarry.", "the yard is empty ."])
+    with torch.no_grad():
+        x = clip.token_embedding(ids) + clip.positional_embedding
+        ours = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask))
+        theirs = encoder(input_ids=ids).last_hidden_state
+    assert theirs.shape == (2, 77, 64)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert encoder.config.hidden_act == "gelu" and encoder.config.num_hidden_layers == 2
+
+
+def test_the_general_domain_describes_people_and_never_names_a_main_character():
+    from data_modules.synthetic import CHARACTERS
+    from visiontales import bootstrap
+    from visiontales.backbones import GENERAL_DOMAIN
+
+    pairs = bootstrap.general_domain(seed=7, scale=0.1)
+    assert len(pairs) == sum(round(n * 0.1) for n in GENERAL_DOMAIN.values())
+    captions = [caption for _, caption in pairs]
+    people = [c for c in captions if c.split(" are ")[0].split(" is ")[0] in bootstrap.PEOPLE]
+    assert len(people) == round(GENERAL_DOMAIN["people"] * 0.1)
+    assert not any(name.lower() in c.lower() for c in captions for name in CHARACTERS)
+    # a frame of passers-by differs from its empty setting where the people stand
+    image, caption = bootstrap.passers_by(1, seed=3)[0]
+    setting = caption.split(" in the ")[1].removesuffix(" .")
+    empty = next(img for img, c in bootstrap.empty_settings(50, seed=0) if c == f"the {setting} is empty .")
+    assert (np.asarray(image) != np.asarray(empty)).any(axis=2).mean() > 0.02

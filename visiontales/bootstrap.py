@@ -13,8 +13,9 @@ play (web-scale pretraining, here the synthetic world):
 - Stable Diffusion: the VAE learns to reconstruct 64 px frames of both worlds (its latent
   scaling factor measured as SD's was: 1 / std of the latents); the UNet is pretrained as a
   text-to-image model on the "general domain": the VIST photos and the FlintstonesSV settings with
-  nobody in them, never a character, so that drawing the characters is still the LoRA
-  visualizer's job. The text encoder stays random (frozen).
+  nobody in them or passers-by, never a character, so that drawing the characters is still the
+  LoRA visualizer's job; with SD 2's v objective. Its text encoder is the tiny-domain CLIP's text
+  tower (SD 1.5's is OpenAI CLIP's), never trained here.
 
 Each is saved exactly like a hub checkpoint under $VISIONTALES_HOME/backbones/ and loaded back
 through the same `from_pretrained` paths as real weights (visiontales.backbones names the
@@ -85,6 +86,43 @@ def empty_settings(n: int, seed: int) -> list[tuple[Image.Image, str]]:
         syn._draw_background(ImageDraw.Draw(img), setting)
         pairs.append((img, f"the {setting} is empty ."))
     return pairs
+
+
+PEOPLE = ("a person", "two people", "three people")
+
+
+def passers_by(n: int, seed: int) -> list[tuple[Image.Image, str]]:
+    """(a FlintstonesSV setting with one to three passers-by in it, "two people are walking in the
+    quarry .") pairs: people of random looks, none of them a main character's (each body colour is
+    far from every character's), so the UNet learns figures, settings and actions but no cast."""
+    from PIL import ImageDraw
+
+    rng = random.Random(seed)
+    taken = [np.array(look[0]) for look in syn.CHARACTERS.values()]
+    pairs = []
+    for _ in range(n):
+        setting, action, count = rng.choice(list(syn.SETTINGS)), rng.choice(syn.ACTIONS), rng.randint(1, 3)
+        img = Image.new("RGB", (syn.FRAME_SIZE, syn.FRAME_SIZE))
+        draw = ImageDraw.Draw(img)
+        syn._draw_background(draw, setting)
+        ground = syn.FRAME_SIZE * syn.SETTINGS[setting][2] + 22
+        for i in range(count):
+            body = tuple(rng.randrange(256) for _ in range(3))
+            while min(np.abs(np.array(body) - c).sum() for c in taken) < 120:
+                body = tuple(rng.randrange(256) for _ in range(3))
+            hair = rng.choice((None, tuple(rng.randrange(256) for _ in range(3))))
+            look = (body, hair, rng.uniform(0.6, 1.0), rng.uniform(0.5, 1.0))
+            syn.draw_person(draw, look, syn.FRAME_SIZE * (i + 1) / (count + 1), ground, rng.randrange(syn.FRAMES), action)
+        verb = "is" if count == 1 else "are"
+        pairs.append((img, f"{PEOPLE[count - 1]} {verb} {action} in the {setting} ."))
+    return pairs
+
+
+def general_domain(seed: int, scale: float = 1.0) -> list[tuple[Image.Image, str]]:
+    """The UNet's text-to-image pretraining pairs (backbones.GENERAL_DOMAIN says how many of each)."""
+    counts = {part: round(n * scale) for part, n in backbones.GENERAL_DOMAIN.items()}
+    return vist_samples(counts["vist_photos"], seed) + empty_settings(counts["empty_settings"], seed + 1) \
+        + passers_by(counts["people"], seed + 2)
 
 
 def stories(n: int, seed: int) -> list[str]:
@@ -210,13 +248,14 @@ def train_vae(vae: torch.nn.Module, steps: int = SCHEDULE["vae_steps"]) -> list[
 
 
 def train_unet(sd: StableDiffusion, steps: int = SCHEDULE["unet_steps"], cooldown: bool = False) -> list[float]:
-    """Text-to-image pretraining of the UNet (the toolkit's diffusion loss), in place, on the
-    "general domain": synthetic VIST photos and the FlintstonesSV settings with nobody in them
-    (never a character). `cooldown`: the learning rate falls linearly to 0 over the steps (a second
-    pass so run removes most of the mottled noise the constant rate leaves in sampled frames)."""
+    """Text-to-image pretraining of the UNet (the toolkit's diffusion loss, the scheduler's v
+    objective), in place, on the "general domain" (`general_domain`: VIST photos, the FlintstonesSV
+    settings empty and with passers-by; never a character). `cooldown`: the learning rate falls
+    linearly to 0 over the steps (a second pass so run removes most of the mottled noise the constant
+    rate leaves in sampled frames)."""
     torch.manual_seed(SEED)
     size = SCHEDULE["sd_resolution"]
-    pairs = vist_samples(800, SEED + 4) + empty_settings(200, SEED + 5)
+    pairs = general_domain(SEED + 4)
     images = pixels([p for p, _ in pairs], size).float() / 127.5 - 1
     with torch.no_grad():
         prompts = [t for _, t in pairs]
@@ -235,7 +274,7 @@ def train_unet(sd: StableDiffusion, steps: int = SCHEDULE["unet_steps"], cooldow
         schedule.step()
         losses.append(loss.item())
     sd.unet.eval()
-    _report(f"UNet text-to-image (VIST photos, empty settings){', cooldown' if cooldown else ''}", losses, start)
+    _report(f"UNet text-to-image (general domain){', cooldown' if cooldown else ''}", losses, start)
     return losses
 
 
@@ -243,10 +282,14 @@ def train_unet(sd: StableDiffusion, steps: int = SCHEDULE["unet_steps"], cooldow
 
 
 def _architecture(kind: str, directory: Path) -> None:
-    """The untrained tiny-domain architecture of `kind`, written as its hub-style directory (the
-    seeded parts that are never trained, the SD text encoder and tokenizer, included)."""
+    """The untrained tiny-domain architecture of `kind`, written as its hub-style directory, with the
+    parts SD never trains: its tokenizer and its text encoder, the tiny-domain CLIP's text tower (so
+    the tiny-domain CLIP must be in place). The tower is rounded to fp16 and back, so that CLIP weights
+    installed from the shipped fp16 files and trained ones give the same encoder."""
     if kind == "sd":
-        backbones.build_tiny_sd(directory, backbones.DOMAIN_UNET, backbones.DOMAIN_VAE)
+        clip = backbones.load_clip(str(backbones.domain_dir("clip")))
+        backbones.build_tiny_sd(directory, backbones.DOMAIN_UNET, backbones.DOMAIN_VAE, backbones.DOMAIN_SD_SCHEDULE,
+                                backbones.clip_text_encoder(clip).half().float())
     else:
         backbones.TINY_BUILDERS[kind](directory)
 
@@ -282,8 +325,8 @@ def train_backbone(kind: str, directory: Path) -> None:
 
 SHIPPED = Path(__file__).parent / "weights"
 """The tiny-domain weights that ship with the project (fp16 safetensors, `pack` writes them), with
-manifest.json: the recipe each was trained from, its quality, and the fingerprint of the seeded
-text encoder it was trained against."""
+manifest.json: the recipe each was trained from, its quality, and the fingerprint of the SD text
+encoder (the CLIP text tower) the UNet was trained against."""
 SHIPPED_FILES = {
     "gpt2": ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
              "tokenizer_config.json"),
@@ -336,8 +379,9 @@ def install_shipped(kind: str, directory: Path) -> None:
         expected = shipped_manifest()["text_encoder_fingerprint"]
         if _text_encoder_fingerprint(directory) != expected:
             raise VisionTalesError(
-                "the seeded tiny text encoder built here differs from the one the shipped tiny-domain UNet was "
-                "trained against (another torch?); train the backbones instead: visiontales bootstrap --rebuild")
+                "the SD text encoder built here from the tiny-domain CLIP differs from the one the shipped tiny-domain "
+                "UNet was trained against (another CLIP, or another torch?); train the backbones instead: "
+                "visiontales bootstrap --rebuild")
 
 
 def pack(directories: dict[str, Path], quality: dict[str, dict[str, float]], out: Path = SHIPPED) -> Path:
@@ -388,7 +432,7 @@ def quality(directories: dict[str, Path]) -> dict[str, dict[str, float]]:
       caption reads the same as the image's own);
     - sd: VAE PSNR (dB) of 200 reconstructed 64 px photos and frames (posterior mean), the VAE's
       posterior noise (mean posterior std over the std of the posterior means: what sampling a
-      latent adds to it; SD's is far below 1), and the UNet's diffusion loss on 128 general-domain
+      latent adds to it; SD's is far below 1), and the UNet's diffusion loss on 120 general-domain
       pairs at fixed noise and timesteps.
     """
     import math
@@ -422,7 +466,7 @@ def quality(directories: dict[str, Path]) -> dict[str, dict[str, float]]:
     recon = torch.cat([sd.vae.decode(p.mean).sample for p in posteriors]).clamp(-1, 1)
     mse = F.mse_loss((recon + 1) / 2, (images + 1) / 2).item()
     noise = torch.cat([p.std for p in posteriors]).mean() / torch.cat([p.mean for p in posteriors]).std()
-    pairs = vist_samples(96, HELD_OUT + 5) + empty_settings(32, HELD_OUT + 6)
+    pairs = general_domain(HELD_OUT + 5, scale=0.1)
     latents = encode_latents(sd.vae, pixels([p for p, _ in pairs], size).float() / 127.5 - 1)
     loss = sd.diffusion_loss(latents, sd.encode_prompts([t for _, t in pairs]), torch.Generator().manual_seed(HELD_OUT))
     out["sd"] = {"vae_psnr": 10 * math.log10(1 / mse), "vae_posterior_noise": noise.item(), "unet_loss": loss.item()}
