@@ -228,7 +228,7 @@ DOMAIN_VAE = {**TINY_VAE, "block_out_channels": [16, 32, 64], "norm_num_groups":
               "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3}
 # its cross-attention reads the tiny-domain CLIP's text tower (width 64), as SD 1.5's reads OpenAI CLIP's
 DOMAIN_UNET = {**TINY_UNET, "sample_size": 16, "in_channels": 8, "out_channels": 8, "cross_attention_dim": 64}
-# how `visiontales bootstrap --rebuild` trains each tiny-domain backbone (about 0.5 + 1 + 8 + 13 minutes
+# how `visiontales bootstrap --rebuild` trains each tiny-domain backbone (about 0.4 + 1.1 + 7.8 + 12.2 minutes
 # on 2 CPU cores); part of the backbones' cache key: change one and they are rebuilt (and the
 # shipped weights, trained from the old recipe, no longer install)
 DOMAIN_SCHEDULE = {"gpt2_steps": 600, "clip_steps": 400, "vae_steps": 1600, "vae_lr": 2e-3, "vae_kl": 1e-6, "vae_batch": 16,
