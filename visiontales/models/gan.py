@@ -335,11 +335,11 @@ class GANVisualizer(Visualizer, kind="gan"):
 
     # ---------------------------------------------------------------------------- inference
 
-    @torch.no_grad()
     @property
     def default_lora_alpha(self) -> float | None:
         return self.hparams.lora_alpha if self.hparams.generator == "sd_lora" else None
 
+    @torch.no_grad()
     def generate(self, captions: list[str], seeds: list[int], *, previous: torch.Tensor | None = None,
                  strength: float = 1.0, lora_alpha: float | None = None) -> Drawing:
         """Frames G(z, caption), z drawn from each seed; the latents are the noise vectors.
