@@ -47,6 +47,7 @@ def test_shipped_backbones_install_in_place_with_their_recorded_quality():
     # fp16 storage costs next to nothing
     assert worse["vae_psnr"] < 0.1 and worse["retrieval_top1"] <= 0.02, worse
     assert worse["perplexity"] < 0.01 and worse["unet_loss"] < 0.02 and worse["vae_posterior_noise"] < 0.02, worse
+    assert worse["unet_uncond_loss"] < 0.02, worse
     model, _ = load_gpt2("tiny-domain")
     assert next(model.parameters()).dtype.is_floating_point and next(model.parameters()).element_size() == 4
     assert load_clip("tiny-domain").visual is not None and load_stable_diffusion("tiny-domain").vae_factor == 4
@@ -58,3 +59,4 @@ def test_a_rebuild_from_scratch_reaches_the_shipped_quality(tmp_path, monkeypatc
     worse = worse_by(quality(build_domain_backbones(rebuild=True)), shipped_manifest()["quality"])
     assert worse["vae_psnr"] < 0.5 and worse["retrieval_top1"] <= 0.05, worse
     assert worse["perplexity"] < 0.05 and worse["unet_loss"] < 0.1 and worse["vae_posterior_noise"] < 0.1, worse
+    assert worse["unet_uncond_loss"] < 0.1, worse

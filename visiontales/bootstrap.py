@@ -250,7 +250,8 @@ def train_vae(vae: torch.nn.Module, steps: int = SCHEDULE["vae_steps"]) -> list[
 def train_unet(sd: StableDiffusion, steps: int = SCHEDULE["unet_steps"], cooldown: bool = False) -> list[float]:
     """Text-to-image pretraining of the UNet (the toolkit's diffusion loss, the scheduler's v
     objective), in place, on the "general domain" (`general_domain`: VIST photos, the FlintstonesSV
-    settings empty and with passers-by; never a character). `cooldown`: the learning rate falls
+    settings empty and with passers-by; never a character), each caption replaced by the empty
+    prompt with probability unet_caption_dropout, as SD 1.5 was trained. `cooldown`: the learning rate falls
     linearly to 0 over the steps (a second pass so run removes most of the mottled noise the constant
     rate leaves in sampled frames)."""
     torch.manual_seed(SEED)
@@ -260,14 +261,19 @@ def train_unet(sd: StableDiffusion, steps: int = SCHEDULE["unet_steps"], cooldow
     with torch.no_grad():
         prompts = [t for _, t in pairs]
         states = torch.cat([sd.encode_prompts(prompts[i:i + 128]) for i in range(0, len(prompts), 128)])
+        empty = sd.encode_prompts([""])
         latents = torch.cat([encode_latents(sd.vae, images[i:i + 64])
                              for i in range(0, len(images), 64)])
     sd.unet.train()
     optimizer = torch.optim.AdamW(sd.unet.parameters(), lr=5e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: max(0.0, 1 - i / steps) if cooldown else 1.0)
+    dropped = torch.Generator().manual_seed(SEED + int(cooldown))
     losses, start = [], time.time()
     for index in _batches(len(images), SCHEDULE["batch"], steps, SEED):
-        loss = sd.diffusion_loss(latents[index], states[index])
+        # SD's caption dropout: the empty prompt in place of a caption teaches the unconditional
+        # prediction that classifier-free guidance steers away from
+        drop = torch.rand(len(index), generator=dropped) < SCHEDULE["unet_caption_dropout"]
+        loss = sd.diffusion_loss(latents[index], torch.where(drop[:, None, None], empty, states[index]))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -433,7 +439,8 @@ def quality(directories: dict[str, Path]) -> dict[str, dict[str, float]]:
     - sd: VAE PSNR (dB) of 200 reconstructed 64 px photos and frames (posterior mean), the VAE's
       posterior noise (mean posterior std over the std of the posterior means: what sampling a
       latent adds to it; SD's is far below 1), and the UNet's diffusion loss on 120 general-domain
-      pairs at fixed noise and timesteps.
+      pairs at fixed noise and timesteps, with their captions and with the empty prompt (the
+      unconditional prediction that classifier-free guidance steers away from).
     """
     import math
 
@@ -469,5 +476,8 @@ def quality(directories: dict[str, Path]) -> dict[str, dict[str, float]]:
     pairs = general_domain(HELD_OUT + 5, scale=0.1)
     latents = encode_latents(sd.vae, pixels([p for p, _ in pairs], size).float() / 127.5 - 1)
     loss = sd.diffusion_loss(latents, sd.encode_prompts([t for _, t in pairs]), torch.Generator().manual_seed(HELD_OUT))
-    out["sd"] = {"vae_psnr": 10 * math.log10(1 / mse), "vae_posterior_noise": noise.item(), "unet_loss": loss.item()}
+    uncond = sd.diffusion_loss(latents, sd.encode_prompts([""]).expand(len(pairs), -1, -1),
+                               torch.Generator().manual_seed(HELD_OUT))
+    out["sd"] = {"vae_psnr": 10 * math.log10(1 / mse), "vae_posterior_noise": noise.item(), "unet_loss": loss.item(),
+                 "unet_uncond_loss": uncond.item()}
     return out
