@@ -120,6 +120,13 @@ def test_the_sd_generator_keeps_frozen_parts_in_half_precision_and_adapters_in_f
     assert any(p.requires_grad for p in sd.unet.parameters())
 
 
+def test_drawing_alpha_and_gradients_follow_the_generator():
+    conv, sd_lora = _gan(), _gan(generator="sd_lora", lora_alpha=16.0)
+    assert conv.default_lora_alpha is None and sd_lora.default_lora_alpha == 16.0
+    frames = conv.generate(["Fred is running in the yard."], seeds=[0]).frames
+    assert frames.shape == (1, 3, 32, 32) and not frames.requires_grad
+
+
 def test_approaches_without_adversary_have_no_discriminator():
     assert _gan(lambda_adv=0.0).discriminator is None
     assert isinstance(_gan().configure_optimizers(), list)
