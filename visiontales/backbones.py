@@ -228,9 +228,10 @@ DOMAIN_VAE = {**TINY_VAE, "block_out_channels": [16, 32, 64], "norm_num_groups":
               "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3}
 # its cross-attention reads the tiny-domain CLIP's text tower (width 64), as SD 1.5's reads OpenAI CLIP's
 DOMAIN_UNET = {**TINY_UNET, "sample_size": 16, "in_channels": 8, "out_channels": 8, "cross_attention_dim": 64}
-# how `visiontales bootstrap --rebuild` trains each tiny-domain backbone (0.3 + 1.0 + 6.3 + 9.7 minutes
-# measured on 2 CPU cores, up to 0.4 + 1.1 + 7.8 + 12.2 on the same machine another day); part of the backbones' cache key: change one and they are rebuilt (and the
-# shipped weights, trained from the old recipe, no longer install)
+# how `visiontales bootstrap --rebuild` trains each tiny-domain backbone (0.3 + 1.0 + 6.3 + 9.7
+# minutes measured on 2 CPU cores, up to 0.4 + 1.1 + 7.8 + 12.2 on the same machine another day);
+# part of the backbones' cache key: change one and they are rebuilt (and the shipped weights,
+# trained from the old recipe, no longer install)
 DOMAIN_SCHEDULE = {"gpt2_steps": 600, "clip_steps": 400, "vae_steps": 1600, "vae_lr": 2e-3, "vae_kl": 1e-6, "vae_batch": 16,
                    "vae_frames": 1400, "unet_steps": 1200, "unet_cooldown_steps": 1200,
                    "unet_caption_dropout": 0.1, "batch": 32, "sd_resolution": 64}

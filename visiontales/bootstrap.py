@@ -251,9 +251,9 @@ def train_unet(sd: StableDiffusion, steps: int = SCHEDULE["unet_steps"], cooldow
     """Text-to-image pretraining of the UNet (the toolkit's diffusion loss, the scheduler's v
     objective), in place, on the "general domain" (`general_domain`: VIST photos, the FlintstonesSV
     settings empty and with passers-by; never a character), each caption replaced by the empty
-    prompt with probability unet_caption_dropout, as SD 1.5 was trained. `cooldown`: the learning rate falls
-    linearly to 0 over the steps (a second pass so run removes most of the mottled noise the constant
-    rate leaves in sampled frames)."""
+    prompt with probability unet_caption_dropout, as SD 1.5 was trained. `cooldown`: the learning
+    rate falls linearly to 0 over the steps (a second pass so run removes most of the mottled noise
+    the constant rate leaves in sampled frames)."""
     torch.manual_seed(SEED)
     size = SCHEDULE["sd_resolution"]
     pairs = general_domain(SEED + 4)

@@ -334,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train every tiny-domain backbone here from synthetic data, replacing the cached ones")
     c.add_argument("--quality", type=Path, metavar="JSON",
                    help="also measure each backbone on held-out synthetic samples (GPT-2 perplexity, CLIP "
-                        "retrieval, VAE PSNR and posterior noise, UNet loss with captions and with the empty prompt) and write them to this file")
+                        "retrieval, VAE PSNR and posterior noise, UNet loss with captions and with the empty "
+                        "prompt) and write them to this file")
     c.add_argument("--pack", action="store_true",
                    help="(maintainers) also write the backbones, fp16, as the shipped weights in visiontales/weights "
                         "with their quality and recipe")
