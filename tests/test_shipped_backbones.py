@@ -38,6 +38,22 @@ def test_shipped_weights_fit_in_20_mb_and_follow_the_code_recipe():
     assert not stale, f"the recipe of {stale} changed: repack with `visiontales bootstrap --rebuild --pack`"
 
 
+
+def test_a_schedule_change_renames_only_the_backbones_it_trains(monkeypatch):
+    from visiontales import backbones
+
+    def names():
+        return {kind: backbones.domain_dir(kind).name for kind in SHIPPED_FILES}
+
+    before = names()
+    monkeypatch.setitem(backbones.DOMAIN_SCHEDULE, "unet_caption_dropout", 0.2)
+    after_unet = names()
+    assert [k for k in before if before[k] != after_unet[k]] == ["sd"]
+    monkeypatch.setitem(backbones.DOMAIN_SCHEDULE, "clip_steps", 401)  # SD's text encoder is CLIP's text tower
+    after_clip = names()
+    assert [k for k in before if after_unet[k] != after_clip[k]] == ["clip", "sd"]
+    assert set(backbones.DOMAIN_SCHEDULE) == {key for keys in backbones.DOMAIN_SCHEDULE_KEYS.values() for key in keys}
+
 def test_shipped_backbones_install_in_place_with_their_recorded_quality():
     from visiontales.backbones import domain_dir, load_clip, load_gpt2, load_stable_diffusion
 
