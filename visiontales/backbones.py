@@ -226,10 +226,10 @@ TINY_VAE = {"block_out_channels": [32, 64], "in_channels": 3, "out_channels": 3,
 # survive the round trip (with 4 channels, or SD's 8x, they blur: the classifier misses them)
 DOMAIN_VAE = {**TINY_VAE, "block_out_channels": [16, 32, 64], "norm_num_groups": 16, "latent_channels": 8,
               "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3}
-# its cross-attention reads the tiny-domain CLIP's text tower (width 64), as SD 1.5's reads OpenAI CLIP's.
-# Cross-attention at 16x16 too (1.58 M parameters, twice the time a step) was measured and not kept: one
-# LoRA epoch at alpha 10 / 32 drew Char-F1 0.37 / 0.52 from one pretraining and 0.33 / 0.49 from a
-# rebuild, against 0.32 / 0.46 here (64 test clips): within what a rebuild varies
+# its cross-attention reads the tiny-domain CLIP's text tower (width 64), as SD 1.5's reads OpenAI
+# CLIP's. Cross-attention at 16x16 too (1.58 M parameters, twice the time a step) was measured and
+# not kept: one LoRA epoch at alpha 10 / 32 drew Char-F1 0.37 / 0.52 from one pretraining and
+# 0.33 / 0.49 from a rebuild, against 0.32 / 0.46 here (64 test clips): within what a rebuild varies
 DOMAIN_UNET = {**TINY_UNET, "sample_size": 16, "in_channels": 8, "out_channels": 8, "cross_attention_dim": 64}
 # how `visiontales bootstrap --rebuild` trains each tiny-domain backbone (0.3 + 1.0 + 6.3 + 9.7
 # minutes measured on 2 CPU cores, up to 0.4 + 1.1 + 7.8 + 12.2 on the same machine another day);
@@ -238,9 +238,12 @@ DOMAIN_UNET = {**TINY_UNET, "sample_size": 16, "in_channels": 8, "out_channels":
 DOMAIN_SCHEDULE = {"gpt2_steps": 600, "clip_steps": 400, "vae_steps": 1600, "vae_lr": 2e-3, "vae_kl": 1e-6, "vae_batch": 16,
                    "vae_frames": 1400, "unet_steps": 1200, "unet_cooldown_steps": 1200,
                    "unet_caption_dropout": 0.1, "batch": 32, "sd_resolution": 64}
-DOMAIN_SCHEDULE_KEYS = {"gpt2": ("gpt2_steps", "batch"), "clip": ("clip_steps",),
-                        "sd": ("vae_steps", "vae_lr", "vae_kl", "vae_batch", "vae_frames", "unet_steps",
-                               "unet_cooldown_steps", "unet_caption_dropout", "batch", "sd_resolution")}
+DOMAIN_SCHEDULE_KEYS = {
+    "gpt2": ("gpt2_steps", "batch"),
+    "clip": ("clip_steps",),
+    "sd": ("vae_steps", "vae_lr", "vae_kl", "vae_batch", "vae_frames", "unet_steps", "unet_cooldown_steps",
+           "unet_caption_dropout", "batch", "sd_resolution"),
+}
 # what the tiny-domain UNet is pretrained on (bootstrap.general_domain): synthetic VIST photos, the
 # FlintstonesSV settings empty, and the settings with passers-by in them ("two people are walking in the
 # quarry ."): people, never a main character, so drawing the characters stays the visualizer's job
@@ -374,11 +377,12 @@ def _recipe_dir(kind: str) -> Path:
         recipe |= {"clip": TINY_CLIP}
     elif kind == "sd":
         recipe |= {"unet": TINY_UNET, "vae": TINY_VAE, "text": TINY_TEXT}
-    else:  # domain-sd; its text encoder is the tiny-domain CLIP's text tower, so that CLIP's recipe counts
+    else:  # domain-sd; its text encoder is the tiny-domain CLIP's text tower: that CLIP's recipe counts
         recipe |= {"clip": domain_dir("clip").name, "domain_unet": DOMAIN_UNET, "domain_vae": DOMAIN_VAE,
                    "noise_schedule": DOMAIN_SD_SCHEDULE, "general_domain": GENERAL_DOMAIN}
     if kind.startswith("domain-"):  # only the steps that train this backbone
-        recipe["schedule"] = {key: DOMAIN_SCHEDULE[key] for key in DOMAIN_SCHEDULE_KEYS[kind.removeprefix("domain-")]}
+        keys = DOMAIN_SCHEDULE_KEYS[kind.removeprefix("domain-")]
+        recipe["schedule"] = {key: DOMAIN_SCHEDULE[key] for key in keys}
     digest = hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
     return home() / "backbones" / f"tiny-{kind}-{digest}"
 
