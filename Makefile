@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 test: install ## run the test suite (offline, CPU)
 	$(BIN)/python -m pytest
 
-check-rebuild: install ## train the tiny-domain backbones from scratch and check they reach the shipped ones' quality (~24 min)
+check-rebuild: install ## train the tiny-domain backbones from scratch and check they reach the shipped ones' quality (24-33 min)
 	$(BIN)/python -m pytest -m rebuild
 
 demo: install ## the storyteller (VIST) and SAGANets (FlintstonesSV) trained on synthetic data on the CPU
