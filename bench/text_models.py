@@ -135,6 +135,7 @@ def timed(ours, reference, rounds: int) -> tuple[tuple[float, list[str]], tuple[
     """((median seconds, texts) of `ours`, the same of `reference`), the two alternating each round."""
     times: dict = {ours: [], reference: []}
     texts: dict = {}
+    reference(), ours()  # warm-up, untimed, so neither side's first round pays for it
     for _ in range(rounds):  # alternate, so drift in machine load hits both alike
         for fn in (reference, ours):
             start = time.perf_counter()
