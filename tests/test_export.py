@@ -43,7 +43,8 @@ def test_captioner_export_continues_a_serialized_prefix_as_the_project_does(tmp_
     from visiontales.models.captioner import SAGANetsCaptioner
 
     torch.manual_seed(0)
-    model = SAGANetsCaptioner(gpt2="tiny", lr=3e-3 if not lora_rank else 1e-2, lora_rank=lora_rank, lora_alpha=32)
+    # adapters at lr 1e-2 overfit the story from 2 of 6 seeds (500 steps diverge); at 2e-3 from 8 of 8
+    model = SAGANetsCaptioner(gpt2="tiny", lr=3e-3 if not lora_rank else 2e-3, lora_rank=lora_rank, lora_alpha=32)
     model = _overfit(model, {"texts": [STORY] * 4, "prefix_len": [0, 1, 2, 3]}, 300 if lora_rank else 120)
     prefixes = [STORY[:k] for k in range(4)]
     ours = model.next_captions(prefixes)
