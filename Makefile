@@ -78,7 +78,7 @@ bootstrap: install ## install the shipped tiny-domain backbones (seconds; kept i
 
 BENCHES := lora_loop lora_cache sampling text_models flintstones_loader cache_scaling photo_check
 
-bench: install ## the ratio benches against their references (about 10 min on 2 cores): bench/results.json
+bench: install ## the ratio benches against their references (10-12 min on 2 cores): bench/results.json
 	rm -f bench/results.json
 	for b in $(BENCHES); do $(BIN)/python bench/$$b.py || exit 1; done
 	$(BIN)/python bench/results.py
