@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "$VISIONTALES_HOME/backbones, where configs naming 'tiny-domain' find them: "
                                         "from the weights that ship with the project (seconds), or trained here where "
                                         "the shipped ones were trained from another recipe or with --rebuild (about "
-                                        "20-33 min on 2 CPU cores).")
+                                        "18-33 min on 2 CPU cores).")
     c.add_argument("--rebuild", action="store_true",
                    help="train every tiny-domain backbone here from synthetic data, replacing the cached ones")
     c.add_argument("--quality", type=Path, metavar="JSON",
