@@ -24,8 +24,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,serve]'
 	touch $(STAMP)
 
-test: install ## run the test suite (offline, CPU)
-	$(BIN)/python -m pytest
+test: install ## run the test suite (offline, CPU), one pytest-xdist worker per core (at most 4)
+	$(BIN)/python -m pytest -n logical --maxprocesses 4 --dist worksteal
 
 check-rebuild: install ## train the tiny-domain backbones from scratch and check they reach the shipped ones' quality (24-33 min)
 	$(BIN)/python -m pytest -m rebuild

@@ -17,6 +17,10 @@ VIST_ALBUMS = 60  # 48 train / 6 val / 6 test albums: 96 / 12 / 12 stories
 FLINTSTONES_EPISODES = 20  # 16 / 2 / 2 episodes of 14 clips
 # read by huggingface_hub at import time: set before anything imports it
 os.environ["HF_HUB_OFFLINE"] = "1"
+# `make test` runs one pytest-xdist worker per core: one thread each (and in the processes they
+# start), or the workers' thread pools fight over the cores
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)
