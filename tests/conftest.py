@@ -66,7 +66,8 @@ def tiny_gpt2():
 
 def tiny_overrides(config: str, root: Path, out: Path, **trainer) -> list[str]:
     """CLI arguments that run a tiny experiment config on `root`, writing under `out`, on the random
-    `tiny` backbones (the configs name `tiny-domain`, which take minutes to train once)."""
+    `tiny` backbones (the configs name `tiny-domain`, which take minutes to train once; zero
+    terminal SNR, which needs the v objective, is turned off for the `tiny` SD's epsilon)."""
     import yaml
 
     path = EXPERIMENTS / "tiny" / config
@@ -74,6 +75,8 @@ def tiny_overrides(config: str, root: Path, out: Path, **trainer) -> list[str]:
     args = ["--config", str(path), "--data.init_args.root", str(root),
             "--trainer.logger.init_args.save_dir", str(out / "runs"), "--trainer.enable_progress_bar", "false"]
     args += [a for key, spec in init_args.items() if spec == "tiny-domain" for a in (f"--model.init_args.{key}", "tiny")]
+    if init_args.get("zero_terminal_snr") and init_args.get("sd") == "tiny-domain":
+        args += ["--model.init_args.zero_terminal_snr", "false"]  # the `tiny` SD has SD 1.5's epsilon objective
     for key, value in trainer.items():
         args += [f"--trainer.{key}", str(value)]
     return args

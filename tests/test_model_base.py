@@ -166,6 +166,43 @@ def test_the_denoising_loop_matches_diffusers_pipeline(sampler):
     assert torch.allclose(drawing.latents, theirs, atol=1e-4)
 
 
+def test_zero_terminal_snr_trains_on_pure_noise_and_draws_as_the_pipeline_told_in_the_export(tmp_path):
+    """The rescaled schedule ends at zero SNR (the target at t = T is -z0: the frame must come
+    from the text), sampling starts at t = T, and StableDiffusionPipeline with the scheduler line
+    of `export_usage` draws the same latents; the epsilon objective is refused."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from visiontales.backbones import tiny_backbone_dir
+    from visiontales.models.lora_diffusion import LoRADiffusionVisualizer
+
+    with pytest.raises(VisionTalesError, match="zero terminal SNR needs prediction_type 'v_prediction'.*'epsilon'"):
+        LoRADiffusionVisualizer(sd="tiny", zero_terminal_snr=True)
+    copy = tmp_path / "sd"
+    shutil.copytree(tiny_backbone_dir("tiny", "sd"), copy)
+    config = copy / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "prediction_type": "v_prediction"}))
+    model = LoRADiffusionVisualizer(sd=str(copy), resolution=32, num_inference_steps=4, guidance_scale=4.0,
+                                    zero_terminal_snr=True).eval()
+    sd = model.sd
+    assert sd.noise_scheduler.alphas_cumprod[-1].item() == 0.0
+    z0, noise, t = torch.randn(2, 4, 16, 16), torch.randn(2, 4, 16, 16), torch.tensor([999, 999])
+    assert torch.allclose(sd.target(z0, noise, t), -z0, atol=1e-6)
+    scheduler = sd.inference_scheduler("ddim")
+    scheduler.set_timesteps(4)
+    assert scheduler.timesteps.tolist() == [999, 749, 499, 249]
+
+    captions = ["Fred is walking in the yard.", "Wilma laughs in the kitchen."]
+    drawing = model.generate(captions, seeds=[3, 4])
+    assert 'rescale_betas_zero_snr=True, timestep_spacing="trailing"' in model.export_usage()
+    pipe = StableDiffusionPipeline.from_pretrained(copy, safety_checker=None)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, rescale_betas_zero_snr=True,
+                                               timestep_spacing="trailing")
+    noise = model.seeded_noise(model.sd.latent_shape(32), [3, 4])
+    theirs = pipe(captions, height=32, width=32, num_inference_steps=4, guidance_scale=4.0, latents=noise,
+                  output_type="latent").images
+    assert torch.allclose(drawing.latents, theirs, atol=1e-4)
+
+
 def test_an_unknown_prediction_type_is_an_error(tmp_path):
     from visiontales.backbones import tiny_backbone_dir
     from visiontales.models.lora_diffusion import LoRADiffusionVisualizer

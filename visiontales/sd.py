@@ -73,6 +73,21 @@ class StableDiffusion(nn.Module):
                    CLIPTokenizer.from_pretrained(source, subfolder="tokenizer"),
                    DDPMScheduler.from_pretrained(source, subfolder="scheduler"), source)
 
+    def use_zero_terminal_snr(self) -> None:
+        """Train and draw on the noise schedule rescaled to zero SNR at its last step, with trailing
+        timesteps (Lin et al., "Common Diffusion Noise Schedules and Sample Steps are Flawed",
+        2024): the training noise at t = T then hides the frame entirely, as the sampler's pure
+        noise does, instead of leaving its low frequencies (the layout) for the UNet to read.
+        Needs the v objective (epsilon is undefined at zero SNR)."""
+        from diffusers import DDPMScheduler
+
+        config = self.noise_scheduler.config
+        if config.prediction_type != "v_prediction":
+            raise VisionTalesError(f"{self.source or 'Stable Diffusion'}: zero terminal SNR needs prediction_type "
+                                   f"'v_prediction', its scheduler has '{config.prediction_type}'")
+        self.noise_scheduler = DDPMScheduler.from_config(config, rescale_betas_zero_snr=True,
+                                                         timestep_spacing="trailing")
+
     # ------------------------------------------------------------------------ adapters, precision
 
     def add_lora(self, rank: int, alpha: float, target_modules: list[str]) -> None:

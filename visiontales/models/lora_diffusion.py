@@ -46,6 +46,7 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
         weight_decay: float = 1e-2,
         noise_offset: float = 0.0,
         snr_gamma: float | None = None,
+        zero_terminal_snr: bool = False,
         caption_dropout: float = 0.0,
         character_tokens: bool = False,
         sampler: Literal["ddim", "dpm"] = "ddim",
@@ -70,6 +71,8 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
             weight_decay: AdamW weight decay.
             noise_offset: adds noise_offset * N(0, 1) per channel to the noise (0: off).
             snr_gamma: Min-SNR-gamma loss weighting (5.0 is the paper's suggestion; None: off).
+            zero_terminal_snr: train and draw on the schedule rescaled to zero SNR at its last
+                step, with trailing timesteps (`StableDiffusion.use_zero_terminal_snr`; v objective only).
             caption_dropout: probability of training on the empty caption (for classifier-free
                 guidance at inference).
             character_tokens: add <wilma>, <fred>, ... to the text encoder's vocabulary and append
@@ -91,6 +94,8 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
         super().__init__()
         self.save_hyperparameters()
         self.sd = load_stable_diffusion(sd)
+        if zero_terminal_snr:
+            self.sd.use_zero_terminal_snr()
         self.sd.add_lora(lora_rank, lora_alpha, target_modules or ["to_q", "to_k", "to_v"])
         if character_tokens:
             from peft import TrainableTokensConfig, get_peft_model
@@ -298,6 +303,8 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
     def export_usage(self) -> str:
         h = self.hparams
         scale = self.lora_scale()
+        # the schedule it was trained on (use_zero_terminal_snr), which the hub folder's config lacks
+        schedule = ', rescale_betas_zero_snr=True, timestep_spacing="trailing"' if h.zero_terminal_snr else ""
         tokens = ("\n\nThe character-token embeddings this model trained are not part of diffusers' LoRA format; "
                   "they stay in the checkpoint." if h.character_tokens else "")
         return f"""With diffusers, over the base Stable Diffusion (`{self.sd.source}`):
@@ -307,7 +314,7 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 pipe = StableDiffusionPipeline.from_pretrained("{self.sd.source}", safety_checker=None, requires_safety_checker=False)
 pipe.load_lora_weights(".")  # pytorch_lora_weights.safetensors
-pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config{schedule})
 frame = pipe("Fred and Barney are talking in the quarry.", height={h.resolution}, width={h.resolution},
              num_inference_steps={h.num_inference_steps}, guidance_scale={h.guidance_scale},
              cross_attention_kwargs={{"scale": {scale:g}}}).images[0]  # inference alpha {h.inference_lora_alpha} / training alpha {h.lora_alpha}
