@@ -133,7 +133,8 @@ def test_named_characters():
 
 def test_prefix_lifts_character_f1_over_a_prefix_blind_captioner(tmp_path):
     """The acceptance comparison: same data, same steps, the prefix read or ignored (after 6
-    epochs measured 0.41 against 0.16)."""
+    epochs the prefix-reading run measured 0.41 with two threads but 0.25 with one, against 0.16:
+    too close; hence 20)."""
     from conftest import tiny_overrides
     from lightning.pytorch.cli import LightningCLI
 
@@ -144,7 +145,7 @@ def test_prefix_lifts_character_f1_over_a_prefix_blind_captioner(tmp_path):
     char_f1 = {}
     for ignore in (False, True):
         cli = LightningCLI(run=False, subclass_mode_model=True, subclass_mode_data=True, args=[
-            *tiny_overrides("sagan_captioner.yaml", root, tmp_path, max_epochs=6, limit_val_batches=0,
+            *tiny_overrides("sagan_captioner.yaml", root, tmp_path, max_epochs=20, limit_val_batches=0,
                             enable_model_summary="false"), "--model.init_args.ignore_prefix", str(ignore).lower()])
         cli.trainer.fit(cli.model, cli.datamodule)
         (metrics,) = cli.trainer.test(cli.model, cli.datamodule, verbose=False)
