@@ -120,13 +120,13 @@ def script_loop(root: Path, steps: int, resolution: int, batch_size: int) -> flo
                 raise ValueError(f"Unknown prediction type {noise_scheduler.config.prediction_type}")
             model_pred = unet(noisy_latents, timesteps, encoder_hidden_states, return_dict=False)[0]
             loss = F.mse_loss(model_pred.float(), target.float(), reduction="mean")
-            train_loss += loss.repeat(batch_size).mean().item()
+            train_loss += loss.repeat(batch_size).mean().item()  # the script's host syncs: its logged loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(lora_layers, MAX_GRAD_NORM)
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad()
-            _logs = {"step_loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0]}
+            _logs = {"step_loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0]}  # and progress bar
             times.append(time.perf_counter())
             done += 1
             if done == steps:
