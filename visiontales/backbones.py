@@ -407,7 +407,8 @@ def domain_dir(kind: str) -> Path:
 
 def build_once(directory: Path, build) -> Path:
     """Run `build(tmp)` into a temporary sibling of `directory` and rename it into place, once:
-    two processes (DDP ranks, parallel tests) never see a half-written directory."""
+    two processes (DDP ranks, parallel tests) never see a half-written directory. The build draws
+    from its own copy of torch's RNG, so a seeded run draws the same whether or not it built one."""
     if directory.is_dir():
         return directory
     import shutil
@@ -415,7 +416,8 @@ def build_once(directory: Path, build) -> Path:
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     try:
-        build(tmp)
+        with torch.random.fork_rng(devices=[]):
+            build(tmp)
         tmp.rename(directory)
     except OSError:
         if not directory.is_dir():  # a real failure, not another process finishing first
