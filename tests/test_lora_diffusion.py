@@ -257,3 +257,26 @@ def test_character_tokens_are_appended_and_trained(tmp_path):
     trainer.save_checkpoint(tmp_path / "c.ckpt")
     loaded = LoRADiffusionVisualizer.load_from_checkpoint(tmp_path / "c.ckpt", map_location="cpu")
     assert torch.allclose(loaded.encode_captions(["Fred is walking."]), after, atol=1e-6)
+
+
+@pytest.mark.parametrize("schedule,expected", [("linear", [0.0, 0.5, 1.0, 0.75, 0.5, 0.25]),
+                                               ("constant", [0.0, 0.5, 1.0, 1.0, 1.0, 1.0])])
+def test_lr_schedule_warms_up_then_follows_its_shape_over_the_whole_run(flintstones_root, tmp_path, schedule,
+                                                                         expected):
+    from data_modules.flintstones import FlintstonesSVDataModule
+
+    class LRs(L.Callback):
+        def __init__(self) -> None:
+            self.seen: list[float] = []
+
+        def on_train_batch_start(self, trainer, *args) -> None:
+            self.seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    lrs = LRs()
+    model = LoRADiffusionVisualizer(sd="tiny", resolution=32, lr=1e-2, lr_scheduler=schedule, lr_warmup_steps=2,
+                                    val_samples=0)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, limit_train_batches=3, limit_val_batches=0, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                        default_root_dir=tmp_path, callbacks=[lrs])
+    trainer.fit(model, FlintstonesSVDataModule(str(flintstones_root), resolution=32, batch_size=2))
+    assert lrs.seen == pytest.approx([1e-2 * f for f in expected])

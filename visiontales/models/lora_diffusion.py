@@ -44,6 +44,8 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
         resolution: int = 512,
         lr: float = 1e-4,
         weight_decay: float = 1e-2,
+        lr_scheduler: Literal["constant", "linear", "cosine"] = "constant",
+        lr_warmup_steps: int = 0,
         noise_offset: float = 0.0,
         snr_gamma: float | None = None,
         zero_terminal_snr: bool = False,
@@ -69,6 +71,10 @@ class LoRADiffusionVisualizer(Visualizer, kind="lora_diffusion"):
             resolution: side of the frames `generate` draws.
             lr: AdamW learning rate for the adapters.
             weight_decay: AdamW weight decay.
+            lr_scheduler: the learning rate over the run, stepped every optimizer step (diffusers'
+                `get_scheduler`, as in its LoRA training script): "constant", or falling from lr to
+                0 at the run's last step, "linear" or "cosine".
+            lr_warmup_steps: steps of linear warm-up from 0 to lr before the schedule (0: none).
             noise_offset: adds noise_offset * N(0, 1) per channel to the noise (0: off).
             snr_gamma: Min-SNR-gamma loss weighting (5.0 is the paper's suggestion; None: off).
             zero_terminal_snr: train and draw on the schedule rescaled to zero SNR at its last
@@ -321,7 +327,16 @@ frame = pipe("Fred and Barney are talking in the quarry.", height={h.resolution}
 ```{tokens}"""
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.trainable_parameters, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        from diffusers.optimization import get_scheduler
+
+        h = self.hparams
+        optimizer = torch.optim.AdamW(self.trainable_parameters, lr=h.lr, weight_decay=h.weight_decay)
+        if h.lr_scheduler == "constant" and not h.lr_warmup_steps:
+            return optimizer
+        name = "constant_with_warmup" if h.lr_scheduler == "constant" else h.lr_scheduler
+        scheduler = get_scheduler(name, optimizer, num_warmup_steps=h.lr_warmup_steps,
+                                  num_training_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def target_frames(batch: dict[str, Any], stories: list[int] | None = None) -> torch.Tensor | None:
