@@ -228,9 +228,9 @@ DOMAIN_VAE = {**TINY_VAE, "block_out_channels": [16, 32, 64], "norm_num_groups":
               "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3}
 # its cross-attention reads the tiny-domain CLIP's text tower (width 64), as SD 1.5's reads OpenAI
 # CLIP's. Cross-attention at 16x16 too (1.58 M parameters; a training step of the whole UNet at
-# batch 32 2.45x as long, timed side by side on 2 cores) was measured and
-# not kept: one LoRA epoch at alpha 10 / 32 drew Char-F1 0.37 / 0.52 from one pretraining and
-# 0.33 / 0.49 from a rebuild, against 0.32 / 0.46 here (64 test clips): within what a rebuild varies
+# batch 32 2.45x as long, timed side by side on 2 cores) was measured and not kept: one LoRA
+# epoch at alpha 10 / 32 drew Char-F1 0.37 / 0.52 from one pretraining and 0.33 / 0.49 from a
+# rebuild, against 0.32 / 0.46 here (64 test clips): within what a rebuild varies
 DOMAIN_UNET = {**TINY_UNET, "sample_size": 16, "in_channels": 8, "out_channels": 8, "cross_attention_dim": 64}
 # how `visiontales bootstrap --rebuild` trains each tiny-domain backbone (0.3 + 1.0 + 6.3 + 9.7
 # minutes measured on 2 CPU cores, up to 0.4 + 1.1 + 7.8 + 12.2 on the same machine another day);
