@@ -74,7 +74,7 @@ def profiles() -> dict[str, Profile]:
     from visiontales.stand_ins import hub_environment
 
     data = Path(os.environ.get("VISIONTALES_DATA", "data"))
-    short = ["--trainer.limit_train_batches", "20"]
+    short = ["--trainer.limit_train_batches", "80"]  # 160 stories an epoch (the GAN family: 2 a batch)
     tiny_domain = dict.fromkeys(PAPER_BACKBONES, "tiny-domain")
     paper = Profile("paper", Path("experiments"), Path(os.environ.get("VIST_ROOT", data / "vist")),
                     Path(os.environ.get("FLINTSTONES_ROOT", data / "flintstones")), dict(PAPER_BACKBONES),
