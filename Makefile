@@ -76,9 +76,9 @@ smoke-paper: install ## the paper profile's steps at real size (random weights, 
 bootstrap: install ## install the shipped tiny-domain backbones (seconds; kept in $VISIONTALES_HOME, default ~/.cache/visiontales)
 	$(VT) bootstrap
 
-BENCHES := lora_loop lora_cache sampling text_models flintstones_loader cache_scaling photo_check
+BENCHES := lora_loop lora_cache sampling gan_step text_models flintstones_loader cache_scaling photo_check
 
-bench: install ## the ratio benches against their references (10-12 min on 2 cores): bench/results.json
+bench: install ## the ratio benches against their references (12-13 min on 2 cores): bench/results.json
 	rm -f bench/results.json
 	for b in $(BENCHES); do $(BIN)/python bench/$$b.py || exit 1; done
 	$(BIN)/python bench/results.py

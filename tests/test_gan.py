@@ -8,7 +8,7 @@ from conftest import EXPERIMENTS, tiny_overrides
 from data_modules.flintstones import FlintstonesSVDataModule
 from visiontales import losses
 from visiontales.cli import main
-from visiontales.models.gan import GANVisualizer
+from visiontales.models.gan import GANVisualizer, PatchEmbedding
 
 APPROACHES = ("gan", "clip_centric", "temporal_coherence", "combined")
 
@@ -97,10 +97,12 @@ class StepSpy(L.Callback):
 @pytest.mark.parametrize("generator", ["conv", "sd_lora"])
 def test_each_step_changes_only_its_own_side(generator, flintstones_root, tmp_path):
     model = _gan(generator=generator, r1_gamma=1.0)
-    spy = StepSpy()
+    spy, forwards = StepSpy(), []
+    model.generator.register_forward_hook(lambda module, args, out: forwards.append(out.shape))
     _trainer(tmp_path, callbacks=[spy]).fit(model, FlintstonesSVDataModule(str(flintstones_root), resolution=32,
                                                                            batch_size=2))
     d_changed, g_changed = spy.changed  # D steps first, then G
+    assert forwards == [(10, 3, 32, 32)]  # one pass of G over 2 stories' frames serves both steps
     assert d_changed and all(n.startswith("discriminator.") for n in d_changed)
     assert g_changed and all(n.startswith("generator.") for n in g_changed)
     assert not any(n.startswith(("clip.", "vae.")) for n in d_changed | g_changed)
@@ -125,6 +127,21 @@ def test_drawing_alpha_and_gradients_follow_the_generator():
     assert conv.default_lora_alpha is None and sd_lora.default_lora_alpha == 16.0
     frames = conv.generate(["Fred is running in the yard."], seeds=[0]).frames
     assert frames.shape == (1, 3, 32, 32) and not frames.requires_grad
+
+
+def test_the_patch_embedding_matches_the_convolution_it_replaces():
+    model = _gan()
+    patches = model.clip.visual.conv1
+    assert isinstance(patches, PatchEmbedding) and not patches.weight.requires_grad
+    conv = torch.nn.Conv2d(3, patches.out_channels, patches.kernel_size, patches.stride, bias=patches.bias is not None)
+    conv.load_state_dict(patches.state_dict())  # the same keys: checkpoints load either way
+    x = torch.randn(2, 3, 37, 35, requires_grad=True)  # a partial patch at the border is dropped, as by the conv
+    ours, theirs = patches(x), conv(x)
+    assert ours.shape == theirs.shape and torch.allclose(ours, theirs, atol=1e-5)
+    (grad_ours,), (grad_theirs,) = torch.autograd.grad(ours.square().sum(), x), torch.autograd.grad(theirs.square().sum(), x)
+    assert torch.allclose(grad_ours, grad_theirs, atol=1e-4)
+    padded = torch.nn.Conv2d(3, 8, 3, padding=1)
+    assert PatchEmbedding.replacing(padded) is padded  # any other convolution stays as it is
 
 
 def test_approaches_without_adversary_have_no_discriminator():
