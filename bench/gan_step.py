@@ -4,11 +4,10 @@ against a plain PyTorch loop of the shape of PyTorch's DCGAN tutorial on the sam
 same stories (2 a step, 10 frames) and the same optimizers, in the same process.
 
 The reference is what one writes by hand: one forward pass of G, a D step on the detached frames,
-a G step through D (D's gradients left to be zeroed at its next step), every tensor in PyTorch's
-default layout and CLIP's patch embedding the stock `nn.Conv2d`. Ours differs in what
-GANVisualizer does for speed: channels-last activations in G and the patch embedding as one matrix
-product (visiontales.models.gan.PatchEmbedding), besides Lightning's loop, logging and manual
-optimization. Target: Lightning / reference <= 1.0. The two alternate `--repeats` times and the
+a G step through D (D's gradients left to be zeroed at its next step), CLIP's patch embedding the
+stock `nn.Conv2d`. Ours differs in Lightning's loop, logging and manual optimization (toggled
+optimizers, the divergence guard) and in what GANVisualizer does for speed: the patch embedding as
+one matrix product (visiontales.models.gan.PatchEmbedding). Target: Lightning / reference <= 1.0. The two alternate `--repeats` times and the
 best run of each is compared (a step is ~0.5 s; this machine's load drifts by about 10%).
 
     python bench/gan_step.py [--steps 30] [--repeats 3]
@@ -45,7 +44,7 @@ def make(root: Path):
 
 
 def reference_loop(root: Path, steps: int) -> float:
-    """Median seconds per step of the DCGAN tutorial's loop on the same modules, stock layouts."""
+    """Median seconds per step of the DCGAN tutorial's loop on the same modules, CLIP's stock patch convolution."""
     from visiontales import losses
 
     model, dm = make(root)
@@ -64,7 +63,7 @@ def reference_loop(root: Path, steps: int) -> float:
             real, captions, b, s = model.story_batch(batch)
             cond = model.caption_embeddings(captions)
             z = torch.randn(len(real), h.z_dim)
-            fake = g.body(g.project(torch.cat([z, cond], dim=1)).view(len(z), g.start, 4, 4))
+            fake = g(z, cond)
             d_loss = losses.discriminator_loss(d(real, cond), d(fake.detach(), cond), h.adversarial_loss)
             opt_d.zero_grad()
             d_loss.backward()
@@ -115,7 +114,7 @@ def main() -> None:
     r, o = min(reference), min(ours)
     print(f"\nGANVisualizer (tiny gan.yaml), 2 stories (10 frames) a step at 64 px, {opts.steps} steps, best of "
           f"{opts.repeats}, CPU threads {os.cpu_count()}")
-    print(f"DCGAN-tutorial loop, stock layouts: {r * 1000:8.1f} ms/step   (runs: {', '.join(f'{x * 1000:.0f}' for x in reference)})")
+    print(f"DCGAN-tutorial loop, stock conv:    {r * 1000:8.1f} ms/step   (runs: {', '.join(f'{x * 1000:.0f}' for x in reference)})")
     print(f"Lightning (ours):                   {o * 1000:8.1f} ms/step   (runs: {', '.join(f'{x * 1000:.0f}' for x in ours)})")
     record("gan_step", o / r, 1.0, "lower", "Lightning GAN step / DCGAN-tutorial loop on the same modules",
            ms_per_step=round(o * 1000, 1), reference_ms_per_step=round(r * 1000, 1))

@@ -48,8 +48,8 @@ def _sn(module: nn.Module, on: bool) -> nn.Module:
 class PatchEmbedding(nn.Conv2d):
     """A ViT's patch embedding (a convolution whose stride is its kernel, no padding) computed as one
     matrix product over the image's patches: the same numbers, and the gradient with respect to the
-    image (what the CLIP and character losses send back to G) about 5x faster on the CPU than
-    oneDNN's strided-convolution backward (bench/gan_step.py)."""
+    image (what the CLIP and character losses send back to G) about 4x faster on the CPU than
+    oneDNN's strided-convolution backward (12 ms against 50 ms for 10 frames at 224 px, 2 cores)."""
 
     @classmethod
     def replacing(cls, conv: nn.Conv2d) -> nn.Conv2d:
@@ -88,9 +88,7 @@ class ConvGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         h = self.project(torch.cat([z, cond], dim=1)).view(len(z), self.start, 4, 4)
-        # channels-last activations: oneDNN's (and cuDNN's) faster convolution layout; on 2 CPU
-        # threads it halves the forward pass at 64 px (bench/gan_step.py)
-        return self.body(h.contiguous(memory_format=torch.channels_last))
+        return self.body(h)
 
 
 class SDOneStepGenerator(nn.Module):
