@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO, tiny_overrides
 
 from visiontales.cli import main
+from visiontales.errors import VisionTalesError
 from visiontales.reproduce import COUNTS, Runner, Step, plan, profiles, resolved_config
 
 
@@ -92,6 +93,26 @@ def test_reuse_keeps_finished_runs_resumes_interrupted_ones_and_retrains_changed
     (run / "stale.txt").write_text("")
     Runner(profile, tmp_path / "rep", tmp_path / "runs", reuse=True).fit(step)
     assert "--ckpt_path" not in calls[-1] and not (run / "stale.txt").exists()
+
+
+def test_forked_steps_run_like_commands_and_fail_like_them(tmp_path):
+    """The tiny profile's steps are forked from one process that imported the libraries once: each
+    writes what its command writes and logs its output; a failing one stops the reproduction with
+    its step named, and the server goes on serving the steps after it."""
+    runner = Runner(profiles()["tiny"], tmp_path / "rep", tmp_path / "runs")
+    assert runner.profile.forked
+    runner.vt("synth", ["data", "synth", "--dataset", "flintstones", "--out", str(tmp_path / "f"), "--episodes", "10"])
+    assert len(list((tmp_path / "f").rglob("*.npy"))) > 100  # 10 episodes of 14 clips (a defect or two among them)
+    with pytest.raises(VisionTalesError, match=r"step 'check' failed \(exit 2\)"):
+        runner.vt("check", ["data", "check", "--dataset", "flintstones", "--root", str(tmp_path / "missing")])
+    runner.vt("check again", ["data", "check", "--dataset", "flintstones", "--root", str(tmp_path / "f")])
+    log = (tmp_path / "rep" / "log.txt").read_text()
+    assert f"error: {tmp_path / 'missing'}: dataset folder not found" in log
+    assert "# check: " in log and log.count(", exit 0") == 2
+    assert set(runner.timings) == {"synth", "check", "check again"}
+    assert runner.fork_server.poll() is None  # one server for every step
+    runner.fork_server.stdin.close()
+    assert runner.fork_server.wait(timeout=60) == 0
 
 
 def test_the_finished_marker_matches_the_config_fit_would_resolve(tmp_path, flintstones_root):
