@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Train, sample and evaluate everything the two papers report, then write "
                                         "reports/<profile>/index.html (log.txt: every command and its output; "
                                         "backbones.json: each backbone's spec, class and size). tiny: synthetic data, "
-                                        "tiny-domain backbones, CPU (about 26 min on 2 cores). smoke: the paper's "
+                                        "tiny-domain backbones, CPU (about 40 min on 2 cores). smoke: the paper's "
                                         "configs and steps at real size (random weights, real-size stand-in data) "
                                         "with every count shrunk, on whatever device is there (about 30 min on 2 CPU "
                                         "cores). paper: the real datasets and weights on a GPU. Everything a profile "
