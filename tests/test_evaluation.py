@@ -90,9 +90,9 @@ def test_bootstrap_gpt2_and_vae_losses_fall(tmp_path):
     assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
     assert (tmp_path / "gpt2" / "model.safetensors").is_file()
     torch.manual_seed(0)
-    vae = AutoencoderKL(**TINY_VAE)
+    vae = AutoencoderKL(**{**TINY_VAE, "block_out_channels": [16, 32], "norm_num_groups": 8})  # 18 s, not 45
     losses = train_vae(vae, steps=12)
-    assert sum(losses[-3:]) < sum(losses[:3])
+    assert sum(losses[-3:]) < 0.85 * sum(losses[:3])
     assert vae.config.scaling_factor != TINY_VAE["scaling_factor"]  # measured, as SD's was
 
 
