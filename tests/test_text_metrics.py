@@ -21,6 +21,19 @@ def test_worse_predictions_score_lower():
         assert good[name] > bad[name] >= empty[name] - 1e-9 >= -1e-9
 
 
+def test_one_meteor_jvm_serves_the_process_and_one_that_fails_is_stopped(monkeypatch):
+    from visiontales.evaluation import text_metrics
+
+    preds = {"a": "the dog ran .", "b": "a cake ."}
+    first = coco_caption_scores(preds, REFS)
+    jvm = text_metrics._meteor.meteor_p
+    assert coco_caption_scores(preds, REFS) == first and text_metrics._meteor.meteor_p is jvm
+    monkeypatch.setattr(text_metrics.ProcessMeteor, "_stat", lambda *args: 1 / 0)  # fails holding its lock
+    with pytest.raises(ZeroDivisionError):
+        coco_caption_scores(preds, REFS)
+    assert text_metrics._meteor is None and jvm.poll() is not None  # dropped and its JVM stopped, no hang
+
+
 def test_metric_scores_each_key_once():
     once, twice = CaptionScores(), CaptionScores()
     once.update(["a", "b"], ["the dog ran .", "a cake ."], [REFS["a"], REFS["b"]])

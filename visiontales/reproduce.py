@@ -55,7 +55,7 @@ class Profile:
     sample: list[str] = field(default_factory=list)  # placement of story and evaluate (--device, --precision)
     env: dict[str, str] = field(default_factory=dict)  # environment of every step
     # each step forked from a process that imported the libraries once (PRELOAD), instead of a fresh
-    # `python -m visiontales.cli`: the CPU profile, where the imports are ~4-10 s of each of ~40 steps.
+    # `python -m visiontales.cli`: the CPU profile, where the imports are 4-13 s of each of ~40 steps.
     # Not where a step may start DDP: Lightning relaunches the ranks from the command line.
     forked: bool = False
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
 
 import torch
 import torch.distributed as dist
+from pycocoevalcap.meteor.meteor import Meteor
 from torchmetrics import Metric
 
 from visiontales.errors import VisionTalesError
@@ -25,7 +27,6 @@ def coco_caption_scores(predictions: dict[str, str], references: dict[str, list[
     """Corpus-level scores (fractions, not x100) for one prediction and n references per key."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.rouge.rouge import Rouge
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
@@ -43,15 +44,42 @@ def coco_caption_scores(predictions: dict[str, str], references: dict[str, list[
     res = {k: [tokenized[("hyp", k)][0] or "<empty>"] for k in predictions}
     with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its length statistics
         bleu, _ = Bleu(4).compute_score(gts, res)
-    meteor = Meteor()
-    try:
-        meteor_score, _ = meteor.compute_score(gts, res)
-    finally:
-        meteor.meteor_p.stdin.close()
-        meteor.meteor_p.wait()
+    meteor_score = _meteor_score(gts, res)
     rouge, _ = Rouge().compute_score(gts, res)
     cider, _ = Cider().compute_score(gts, res)
     return dict(zip(SCORE_NAMES, [*bleu, meteor_score, rouge, cider], strict=True))
+
+
+class ProcessMeteor(Meteor):
+    """pycocoevalcap's Meteor, remembering the process that started its JVM (a forked child must not
+    write to its parent's), and stopped without waiting for its lock, which a failed request leaves
+    held (pycocoevalcap's `__del__` would wait forever)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pid = os.getpid()
+
+    def __del__(self) -> None:
+        if os.getpid() == self.pid:
+            self.meteor_p.kill()
+            self.meteor_p.wait()
+
+
+_meteor: ProcessMeteor | None = None  # this process's (_meteor_score)
+
+
+def _meteor_score(gts: dict, res: dict) -> float:
+    """Corpus METEOR from one METEOR 1.5 JVM per process, started on first use and kept: the jar loads
+    its paraphrase tables at the first request (~10 s on 2 cores), then scores a batch in milliseconds,
+    and validation scores every epoch. A scorer that failed mid-request is dropped."""
+    global _meteor
+    if _meteor is None or _meteor.pid != os.getpid() or _meteor.meteor_p.poll() is not None:
+        _meteor = ProcessMeteor()
+    try:
+        return _meteor.compute_score(gts, res)[0]
+    except BaseException:
+        _meteor = None
+        raise
 
 
 class CaptionScores(Metric):
