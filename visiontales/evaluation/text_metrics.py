@@ -60,7 +60,7 @@ class ProcessMeteor(Meteor):
         self.pid = os.getpid()
 
     def __del__(self) -> None:
-        if os.getpid() == self.pid:
+        if os.getpid() == getattr(self, "pid", None):  # no pid: the JVM never started
             self.meteor_p.kill()
             self.meteor_p.wait()
 
