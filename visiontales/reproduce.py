@@ -149,6 +149,7 @@ def serve_steps() -> None:
         if pid == 0:
             code = 1
             try:
+                os.dup2(os.open(os.devnull, os.O_RDONLY), sys.stdin.fileno())  # the server's requests are not its
                 fd = os.open(log, os.O_WRONLY | os.O_APPEND)
                 os.dup2(fd, sys.stdout.fileno())
                 os.dup2(fd, sys.stderr.fileno())
