@@ -99,7 +99,8 @@ def fit_twice_and_resumed(make_model, flintstones_root: Path, out: Path, batches
                                              num_workers=num_workers)
         trainer.fit(model, datamodule, ckpt_path=ckpt_path)
         assert trainer.current_epoch == epochs
-        return {k: v.detach().clone() for k, v in model.state_dict().items() if k in model.learned_keys()}
+        learned = model.learned_keys()
+        return {k: v.detach().clone() for k, v in model.state_dict().items() if k in learned}
 
     straight = fit(out / "straight", 2)
     fit(out / "split", 1)
