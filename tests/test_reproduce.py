@@ -110,9 +110,9 @@ def test_forked_steps_run_like_commands_and_fail_like_them(tmp_path):
     assert f"error: {tmp_path / 'missing'}: dataset folder not found" in log
     assert "# check: " in log and log.count(", exit 0") == 2
     assert set(runner.timings) == {"synth", "check", "check again"}
-    assert runner.fork_server.poll() is None  # one server for every step
-    runner.fork_server.stdin.close()
-    assert runner.fork_server.wait(timeout=60) == 0
+    server = runner.fork_server
+    assert server.poll() is None  # one server for every step
+    assert runner.close() == 0 and server.poll() == 0 and runner.log.closed
 
 
 def test_the_finished_marker_matches_the_config_fit_would_resolve(tmp_path, flintstones_root):

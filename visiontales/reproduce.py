@@ -13,6 +13,7 @@ process of its own and logged to reports/<profile>/log.txt; runs are written und
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -225,6 +226,17 @@ class Runner:
         if not answer:
             raise VisionTalesError(f"the process the steps are forked from stopped; see {self.log.name}")
         return int(answer)
+
+    def close(self) -> int | None:
+        """Stop the fork server, if one started (its stdin closed, it leaves its loop), and close
+        the log; the server's exit status."""
+        server = self.__dict__.pop("fork_server", None)
+        code = None
+        if server is not None:
+            server.stdin.close()
+            code = server.wait(timeout=60)
+        self.log.close()
+        return code
 
     def config_hash(self, args: list[str]) -> str:
         """The hash of the config `visiontales fit <args>` would resolve (LightningCLI's --print_config)."""
@@ -441,13 +453,13 @@ def run_profile(profile: Profile, report_dir: Path, runs_dir: Path, reuse: bool 
     """Every step of `plan`, then the report."""
     from visiontales.report import build_report
 
-    r = Runner(profile, report_dir, runs_dir, reuse)
-    r.log.write(f"\n# visiontales reproduce --profile {profile.name} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
-    for step in plan(profile, report_dir, runs_dir):
-        if step.run:
-            r.fit(step)
-        else:
-            r.vt(step.name, step.args)
+    with contextlib.closing(Runner(profile, report_dir, runs_dir, reuse)) as r:
+        r.log.write(f"\n# visiontales reproduce --profile {profile.name} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        for step in plan(profile, report_dir, runs_dir):
+            if step.run:
+                r.fit(step)
+            else:
+                r.vt(step.name, step.args)
     manifest = {"profile": profile.name, "vist_root": str(profile.vist_root), "runs": r.runs, "timings_s": r.timings,
                 "rows": [{"id": row.id, "label": row.label.format(lora_epochs=profile.lora_epochs, continuity=CONTINUITY)}
                          for row in ROWS],
