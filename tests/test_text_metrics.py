@@ -42,3 +42,48 @@ def test_metric_scores_each_key_once():
     first, second = once.compute(), twice.compute()
     assert set(first) == set(SCORE_NAMES)
     assert all(first[k].item() == pytest.approx(second[k].item()) for k in SCORE_NAMES)
+
+
+def _score_on_two_ranks(rank: int, store_path: str, out: str, fail: bool) -> None:
+    """One gloo rank of test_under_ddp_rank_0_alone_scores: scoring is replaced by a recorder."""
+    import json
+
+    import torch.distributed as dist
+
+    from visiontales.evaluation import text_metrics
+
+    calls = []
+
+    def score(predictions, references):
+        calls.append(sorted(predictions))
+        if fail:
+            raise text_metrics.VisionTalesError("java: not found on PATH")
+        return {"bleu1": len(predictions)}
+
+    text_metrics.coco_caption_scores = score
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=2)
+    metric = CaptionScores()
+    metric.update([f"k{rank}"], [f"prediction {rank}"], [["a reference"]])
+    try:
+        result = {name: value.item() for name, value in metric.compute().items()}
+    except text_metrics.VisionTalesError as error:
+        result = {"error": str(error)}
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump({"result": result, "calls": calls}, f)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_under_ddp_rank_0_alone_scores_and_every_rank_gets_its_scores_or_its_error(tmp_path, fail):
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_score_on_two_ranks, args=(str(tmp_path / "store"), str(tmp_path / "out"), fail), nprocs=2,
+                       start_method="fork")
+    results = [json.loads((tmp_path / f"out.{rank}").read_text()) for rank in (0, 1)]
+    assert [r["calls"] for r in results] == [[["k0", "k1"]], []]  # rank 0 scored both ranks' keys, once
+    if fail:  # rank 0's error reaches rank 1, which would otherwise wait for scores forever
+        assert [r["result"] for r in results] == [{"error": "java: not found on PATH"}] * 2
+    else:
+        assert [r["result"] for r in results] == [{"bleu1": 2.0}] * 2

@@ -86,7 +86,9 @@ class CaptionScores(Metric):
     """Accumulates (key, prediction, references) and scores them with `coco_caption_scores`.
 
     Keys are what the references are keyed by (the photo sequence for VIST). A key seen twice,
-    e.g. when DistributedSampler pads the last batch with repeats, is scored once.
+    e.g. when DistributedSampler pads the last batch with repeats, is scored once. Under DDP the
+    states are gathered on every rank and rank 0 alone scores them (one METEOR JVM, not one per
+    rank), broadcasting the scores (or its error) to the others.
     """
 
     full_state_update = False
@@ -103,9 +105,26 @@ class CaptionScores(Metric):
         self.references.extend(references)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        predictions = dict(zip(self.keys, self.predictions, strict=True))
-        references = dict(zip(self.keys, self.references, strict=True))
-        scores = coco_caption_scores(predictions, references)
+        group = self.process_group
+        shared = self.sync_on_compute and dist.is_available() and dist.is_initialized() \
+            and dist.get_world_size(group) > 1
+        if shared and dist.get_rank(group) != 0:
+            scores = None  # every rank holds the same gathered states: rank 0 scores them (one METEOR JVM)
+        else:
+            predictions = dict(zip(self.keys, self.predictions, strict=True))
+            references = dict(zip(self.keys, self.references, strict=True))
+            try:
+                scores = coco_caption_scores(predictions, references)
+            except Exception as error:  # the other ranks wait in the broadcast: they raise it too
+                if not shared:
+                    raise
+                scores = error
+        if shared:
+            box = [scores]
+            dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0) if group else 0, group=group)
+            scores = box[0]
+            if isinstance(scores, Exception):
+                raise scores
         return {name: torch.tensor(float(value)) for name, value in scores.items()}
 
     def _sync_dist(self, dist_sync_fn=None, process_group=None) -> None:
