@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from data_modules.flintstones import FRAMES, main_character_labels, rebuild_following_cache
+from visiontales.errors import VisionTalesError
 from visiontales.vocabulary import MAIN_CHARACTERS
 
 IMAGE_SIZE = (256, 192)  # (W, H): 4:3 like most Flickr photos; CLIP centre-crops the middle
@@ -230,9 +231,9 @@ def write_synthetic_vist(out: str | Path, seed: int = 0, albums: int = 200,
     written in shuffled order, as the real files are not ordered by `worker_arranged_photo_order`.
     """
     if albums < 10:
-        raise ValueError(f"--albums must be at least 10 (one album per split at least), got {albums}")
+        raise VisionTalesError(f"--albums must be at least 10 (one album per split at least), got {albums}")
     if photo_kinds not in ("plain", "real"):
-        raise ValueError(f"photo_kinds must be 'plain' or 'real', got {photo_kinds!r}")
+        raise VisionTalesError(f"photo_kinds must be 'plain' or 'real', got {photo_kinds!r}")
     out = Path(out)
     rng = random.Random(seed)
     kinds = random.Random(seed + 1)  # sizes and kinds: the content stays that of the plain photos
@@ -450,8 +451,10 @@ def write_synthetic_flintstones(out: str | Path, seed: int = 0, episodes: int = 
     An episode is a run of `shots` consecutive clips made of scenes of 3-6 shots; a scene has
     one setting and a cast of 1-3 characters, so consecutive captions share who and where.
     """
-    if episodes < 10 or shots < 9:
-        raise ValueError(f"need at least 10 episodes and 9 shots per episode, got {episodes} and {shots}")
+    if episodes < 10:
+        raise VisionTalesError(f"--episodes must be at least 10 (one episode per split at least), got {episodes}")
+    if shots < 9:
+        raise VisionTalesError(f"shots must be at least 9 per episode, got {shots}")
     out = Path(out)
     rng = random.Random(seed)
     frames_dir = out / "video_frames_sampled"

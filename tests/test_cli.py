@@ -167,6 +167,14 @@ def test_flintstones_synth_then_check_json(tmp_path, capsys):
                                                     "no_followers": 8 * 4 + 1}
 
 
+@pytest.mark.parametrize(("dataset", "option", "wanted"), [("vist", "--albums", "--albums must be at least 10"),
+                                                        ("flintstones", "--episodes", "--episodes must be at least 10")])
+def test_synth_too_small_is_one_error_line_and_writes_nothing(dataset, option, wanted, tmp_path, capsys):
+    assert main(["data", "synth", "--dataset", dataset, "--out", str(tmp_path / "d"), option, "4"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {wanted} (one {option[2:-1]} per split at least), got 4"]
+    assert not (tmp_path / "d").exists()
+
+
 def test_captioner_fit_logs_its_metrics_then_predicts(flintstones_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = tiny_overrides("sagan_captioner.yaml", flintstones_root, tmp_path, max_epochs=2,

@@ -412,11 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dataset", choices=datasets, required=True)
     c.add_argument("--out", type=Path, required=True, help="folder to write (created)")
     c.add_argument("--seed", type=int, default=0, help="same seed, same files")
-    c.add_argument("--albums", type=int, default=200, help="VIST: photo albums to write (two stories each)")
+    c.add_argument("--albums", type=int, default=200, help="VIST: photo albums to write (two stories each; at least 10)")
     c.add_argument("--photo-kinds", choices=("plain", "real"), default="plain",
                    help="VIST: plain (small JPEGs) or real (the real set's sizes up to 2048x1536 and kinds: PNG, GIF, "
                         "BMP, grayscale, CMYK, EXIF-rotated)")
-    c.add_argument("--episodes", type=int, default=80, help="FlintstonesSV: episodes to write (14 clips each)")
+    c.add_argument("--episodes", type=int, default=80, help="FlintstonesSV: episodes to write (14 clips each; at least 10)")
     c.set_defaults(run=data_synth)
     c = data.add_parser("check", help="validate a dataset folder; report kept and dropped items and defects per split",
                         description="Validate a dataset folder the way training reads it (every photo decoded "
