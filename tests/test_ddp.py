@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+from typing import NamedTuple
 
 import pytest
 from conftest import tiny_overrides
@@ -21,14 +22,23 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from visiontales.cli import main
 
-# family: (tiny config, dataset fixture, options that keep it small, metrics compared, strategy)
+
+class Family(NamedTuple):
+    config: str  # experiments/tiny/<config>
+    data: str  # dataset fixture
+    extra: list[str]  # options that keep it small
+    metrics: tuple[str, ...]  # compared with one process
+    strategy: str
+
+
 FAMILIES = {
-    "storyteller": ("clip_storyteller_prefix.yaml", "vist_root", [], ("val/loss", "val/bleu1", "val/cider"), "ddp"),
-    "captioner": ("sagan_captioner.yaml", "flintstones_root", [], ("val/loss", "val/char_f1"), "ddp_fork"),
-    "lora": ("sagan_lora.yaml", "flintstones_root", ["--model.init_args.val_samples", "0"], ("val/loss",),
-             "ddp_fork"),
-    "gan": ("gan.yaml", "flintstones_root", ["--model.init_args.val_samples", "0"], ("val/loss", "val/loss_img"),
-            "ddp_fork"),
+    "storyteller": Family("clip_storyteller_prefix.yaml", "vist_root", [], ("val/loss", "val/bleu1", "val/cider"),
+                          "ddp"),
+    "captioner": Family("sagan_captioner.yaml", "flintstones_root", [], ("val/loss", "val/char_f1"), "ddp_fork"),
+    "lora": Family("sagan_lora.yaml", "flintstones_root", ["--model.init_args.val_samples", "0"], ("val/loss",),
+                   "ddp_fork"),
+    "gan": Family("gan.yaml", "flintstones_root", ["--model.init_args.val_samples", "0"],
+                  ("val/loss", "val/loss_img"), "ddp_fork"),
 }
 
 
@@ -39,10 +49,10 @@ def _last_scalars(run) -> dict[str, float]:
 
 
 def _fit_args(family: str, request, tmp_path) -> tuple[list[str], str]:
-    config, data, extra, _, _ = FAMILIES[family]
-    args = tiny_overrides(config, request.getfixturevalue(data), tmp_path, max_epochs=1, limit_train_batches=2,
-                          limit_val_batches=1.0, check_val_every_n_epoch=1) + extra
-    return args, f"tiny_{config.removesuffix('.yaml')}"
+    f = FAMILIES[family]
+    args = tiny_overrides(f.config, request.getfixturevalue(f.data), tmp_path, max_epochs=1, limit_train_batches=2,
+                          limit_val_batches=1.0, check_val_every_n_epoch=1) + f.extra
+    return args, f"tiny_{f.config.removesuffix('.yaml')}"
 
 
 def _validates_like_one_process(family: str, args: list[str], run) -> None:
@@ -52,14 +62,14 @@ def _validates_like_one_process(family: str, args: list[str], run) -> None:
     assert main(["validate", *args, "--trainer.logger.init_args.version", "single",
                  "--ckpt_path", str(run / "ddp" / "checkpoints" / "last.ckpt")]) == 0
     single = _last_scalars(run / "single")
-    for metric in FAMILIES[family][3]:
+    for metric in FAMILIES[family].metrics:
         assert distributed[metric] == pytest.approx(single[metric], rel=1e-4, abs=1e-5), metric
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_ddp_fit_validates_like_one_process(family, request, tmp_path):
     args, name = _fit_args(family, request, tmp_path)
-    ddp = subprocess.run([sys.executable, "-m", "visiontales.cli", "fit", *args, "--trainer.strategy", FAMILIES[family][4],
+    ddp = subprocess.run([sys.executable, "-m", "visiontales.cli", "fit", *args, "--trainer.strategy", FAMILIES[family].strategy,
                           "--trainer.devices", "2", "--trainer.logger.init_args.version", "ddp"],
                          cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
                          timeout=600)

@@ -45,7 +45,8 @@ def test_metric_scores_each_key_once():
 
 
 def _score_on_two_ranks(rank: int, store_path: str, out: str, fail: bool) -> None:
-    """One gloo rank of test_under_ddp_rank_0_alone_scores: scoring is replaced by a recorder."""
+    """One gloo rank of test_under_ddp_rank_0_alone_scores_and_every_rank_gets_its_scores_or_its_error;
+    scoring is replaced by a recorder."""
     import json
 
     import torch.distributed as dist

@@ -230,7 +230,7 @@ class Runner:
     def close(self) -> int | None:
         """Stop the fork server, if one started (its stdin closed, it leaves its loop), and close
         the log; the server's exit status."""
-        server = self.__dict__.pop("fork_server", None)
+        server = self.__dict__.pop("fork_server", None)  # the cached_property's value, where it started
         code = None
         if server is not None:
             server.stdin.close()

@@ -82,6 +82,10 @@ def _meteor_score(gts: dict, res: dict) -> float:
         raise
 
 
+def _as_tensors(scores: dict[str, float]) -> dict[str, torch.Tensor]:
+    return {name: torch.tensor(float(value)) for name, value in scores.items()}
+
+
 class CaptionScores(Metric):
     """Accumulates (key, prediction, references) and scores them with `coco_caption_scores`.
 
@@ -106,26 +110,25 @@ class CaptionScores(Metric):
 
     def compute(self) -> dict[str, torch.Tensor]:
         group = self.process_group
-        shared = self.sync_on_compute and dist.is_available() and dist.is_initialized() \
-            and dist.get_world_size(group) > 1
-        if shared and dist.get_rank(group) != 0:
-            scores = None  # every rank holds the same gathered states: rank 0 scores them (one METEOR JVM)
-        else:
-            predictions = dict(zip(self.keys, self.predictions, strict=True))
-            references = dict(zip(self.keys, self.references, strict=True))
+        if not (self.sync_on_compute and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size(group) > 1):
+            return _as_tensors(self._score())
+        # every rank holds the same gathered states: rank 0 scores them (one METEOR JVM) and sends
+        # the scores, or its error, which the other ranks waiting in the broadcast raise too
+        box = [None]
+        if dist.get_rank(group) == 0:
             try:
-                scores = coco_caption_scores(predictions, references)
-            except Exception as error:  # the other ranks wait in the broadcast: they raise it too
-                if not shared:
-                    raise
-                scores = error
-        if shared:
-            box = [scores]
-            dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0) if group else 0, group=group)
-            scores = box[0]
-            if isinstance(scores, Exception):
-                raise scores
-        return {name: torch.tensor(float(value)) for name, value in scores.items()}
+                box[0] = self._score()
+            except Exception as error:
+                box[0] = error
+        dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0) if group else 0, group=group)
+        if isinstance(box[0], Exception):
+            raise box[0]
+        return _as_tensors(box[0])
+
+    def _score(self) -> dict[str, float]:
+        return coco_caption_scores(dict(zip(self.keys, self.predictions, strict=True)),
+                                   dict(zip(self.keys, self.references, strict=True)))
 
     def _sync_dist(self, dist_sync_fn=None, process_group=None) -> None:
         # the states are Python strings, which torchmetrics' tensor all-gather cannot carry
