@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from data_modules.flintstones import FRAMES, main_character_labels, rebuild_following_cache
+from data_modules.flintstones_format import FRAMES, main_character_labels, rebuild_following_cache
 from visiontales.errors import VisionTalesError
 from visiontales.vocabulary import MAIN_CHARACTERS
 

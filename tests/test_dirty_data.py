@@ -18,10 +18,11 @@ from PIL import Image
 
 import data_modules.images as images
 from data_modules.common import collate
-from data_modules.flintstones import ANNOTATIONS, FRAMES_DIR
-from data_modules.flintstones import check_dataset as check_flintstones
+from data_modules.flintstones_format import ANNOTATIONS, FRAMES_DIR
+from data_modules.flintstones_format import check_dataset as check_flintstones
 from data_modules.synthetic import write_synthetic_flintstones, write_synthetic_vist
-from data_modules.vist import VISTDataModule, build_sequences, check_dataset
+from data_modules.vist import VISTDataModule
+from data_modules.vist_format import build_sequences, check_dataset
 from visiontales.callbacks import SkippedItems
 from visiontales.cli import main
 

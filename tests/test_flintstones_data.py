@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from data_modules.flintstones import (
+from data_modules.flintstones import FlintstonesSVDataModule
+from data_modules.flintstones_format import (
     FRAMES_DIR,
-    MAIN_CHARACTERS,
     FlintstonesIndex,
-    FlintstonesSVDataModule,
     check_dataset,
     main_character_labels,
     rebuild_following_cache,
 )
 from data_modules.synthetic import write_synthetic_flintstones
 from visiontales.errors import VisionTalesError
+from visiontales.vocabulary import MAIN_CHARACTERS
 
 
 def _copy_without_pickles(src, dst):
@@ -149,7 +149,7 @@ def test_missing_frames_folder_is_one_line(flintstones_root, tmp_path):
 
 
 def test_split_file_naming_unknown_clips_is_reported(flintstones_root, caplog):
-    with caplog.at_level(logging.WARNING, logger="data_modules.flintstones"):
+    with caplog.at_level(logging.WARNING, logger="data_modules.flintstones_format"):
         FlintstonesIndex(flintstones_root)
     (record,) = caplog.records
     assert "train-val-test_split.json: 1 clip(s) of split 'train' are not in flintstones_annotations_v1-0.json" \

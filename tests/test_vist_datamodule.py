@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from data_modules.vist import VISTDataModule, build_sequences, check_dataset, read_stories
+from data_modules.vist import VISTDataModule
+from data_modules.vist_format import build_sequences, check_dataset, read_stories
 from visiontales.errors import VisionTalesError
 
 

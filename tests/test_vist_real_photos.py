@@ -23,7 +23,8 @@ from data_modules.synthetic import (
     save_real_photo,
     write_synthetic_vist,
 )
-from data_modules.vist import IMAGE_EXTENSIONS, VISTDataModule, clip_transform
+from data_modules.vist import VISTDataModule, clip_transform
+from data_modules.vist_format import IMAGE_EXTENSIONS
 from visiontales.errors import VisionTalesError
 
 AS_STORED = T.Compose([T.ToImage(), T.ToDtype(torch.float32, scale=True)])  # no resize, no crop

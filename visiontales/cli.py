@@ -78,10 +78,10 @@ def run_lightning(args: list[str] | None) -> None:
 
 
 def _datasets():
-    from data_modules import flintstones, synthetic, vist
+    from data_modules import flintstones_format, synthetic, vist_format
 
-    return {"vist": (synthetic.write_synthetic_vist, vist.check_dataset),
-            "flintstones": (synthetic.write_synthetic_flintstones, flintstones.check_dataset)}
+    return {"vist": (synthetic.write_synthetic_vist, vist_format.check_dataset),
+            "flintstones": (synthetic.write_synthetic_flintstones, flintstones_format.check_dataset)}
 
 
 def data_synth(opts: argparse.Namespace) -> int:

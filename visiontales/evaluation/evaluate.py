@@ -109,7 +109,8 @@ def evaluate_text_model(model, checkpoint: dict[str, Any], source: Path, data_ro
 def split_clips(data_root: Path, split: str, resolution: int, max_frames: int | None):
     """(frames (N, 3, R, R), captions, labels (N, 7), clip ids) of the split's distinct clips, in
     story order, each at the data module's fixed evaluation frame."""
-    from data_modules.flintstones import FlintstonesSVDataModule, read_frame
+    from data_modules.flintstones import FlintstonesSVDataModule
+    from data_modules.flintstones_format import read_frame
 
     datamodule = FlintstonesSVDataModule(root=str(data_root), resolution=resolution)
     datamodule.setup("test" if split == "test" else "validate")
@@ -194,7 +195,7 @@ def evaluate_stories(folder: Path, data_root: Path, split: str, out: Path, class
                      inception_weights=None) -> Evaluation:
     from torchmetrics.classification import MultilabelF1Score
 
-    from data_modules.flintstones import FlintstonesIndex
+    from data_modules.flintstones_format import FlintstonesIndex
     from visiontales.evaluation.character_classifier import score_frames
     from visiontales.evaluation.text_metrics import coco_caption_scores
     from visiontales.vocabulary import named_characters
