@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml constraints.txt
 test: install ## run the test suite (offline, CPU), one pytest-xdist worker per core (at most 4)
 	$(BIN)/python -m pytest -n logical --maxprocesses 4 --dist worksteal
 
-check-rebuild: install ## train the tiny-domain backbones from scratch and check they reach the shipped ones' quality (24-33 min)
+check-rebuild: install ## train the tiny-domain backbones from scratch and check they reach the shipped ones' quality (25-45 min)
 	$(BIN)/python -m pytest -m rebuild
 
 demo: install ## the storyteller (VIST) and SAGANets (FlintstonesSV) trained on synthetic data on the CPU

@@ -72,7 +72,8 @@ def test_shipped_backbones_install_in_place_with_their_recorded_quality():
 
 
 # How much worse than recorded a rebuild from scratch may be. Rebuilds of the same recipe on
-# 2-core machines measured VAE PSNR 25.18 to 26.01 dB (shipped: 25.66), and a posterior noise 10%
+# 2-core machines measured VAE PSNR 25.18 to 26.01 dB (shipped: 25.66; 26.02 -> 27.46 with the decoder
+# fine-tune that followed, shipped 27.27), and a posterior noise 10%
 # and 17% above the shipped one (0.00547 and 0.00578 against 0.00496; it is far below 1 either way).
 REBUILD_TOLERANCE = {"vae_psnr": 1.0, "retrieval_top1": 0.05, "perplexity": 0.05, "unet_loss": 0.1,
                      "unet_uncond_loss": 0.1, "vae_posterior_noise": 0.5}

@@ -233,17 +233,19 @@ DOMAIN_VAE = {**TINY_VAE, "block_out_channels": [16, 32, 64], "norm_num_groups":
 # rebuild, against 0.32 / 0.46 here (64 test clips): within what a rebuild varies
 DOMAIN_UNET = {**TINY_UNET, "sample_size": 16, "in_channels": 8, "out_channels": 8, "cross_attention_dim": 64}
 # how `visiontales bootstrap --rebuild` trains each tiny-domain backbone (0.3 + 1.0 + 6.3 + 9.7
-# minutes measured on 2 CPU cores, up to 0.4 + 1.1 + 7.8 + 12.2 on the same machine another day);
+# minutes measured on 2 CPU cores, up to 0.4 + 1.1 + 7.8 + 12.2 on the same machine another day,
+# before the VAE decoder's fine-tune (vae_decoder_*: 7 more minutes) joined SD's);
 # part of the cache key of the backbones that read them (DOMAIN_SCHEDULE_KEYS): change one and
 # those are rebuilt (and their shipped weights, trained from the old recipe, no longer install)
 DOMAIN_SCHEDULE = {"gpt2_steps": 600, "clip_steps": 400, "vae_steps": 1600, "vae_lr": 2e-3, "vae_kl": 1e-6, "vae_batch": 16,
-                   "vae_frames": 1400, "unet_steps": 1200, "unet_cooldown_steps": 1200,
-                   "unet_caption_dropout": 0.1, "batch": 32, "sd_resolution": 64}
+                   "vae_frames": 1400, "vae_decoder_steps": 1000, "vae_decoder_lr": 1e-3, "vae_decoder_frames": 2000,
+                   "unet_steps": 1200, "unet_cooldown_steps": 1200, "unet_caption_dropout": 0.1, "batch": 32,
+                   "sd_resolution": 64}
 DOMAIN_SCHEDULE_KEYS = {
     "gpt2": ("gpt2_steps", "batch"),
     "clip": ("clip_steps",),
-    "sd": ("vae_steps", "vae_lr", "vae_kl", "vae_batch", "vae_frames", "unet_steps", "unet_cooldown_steps",
-           "unet_caption_dropout", "batch", "sd_resolution"),
+    "sd": ("vae_steps", "vae_lr", "vae_kl", "vae_batch", "vae_frames", "vae_decoder_steps", "vae_decoder_lr",
+           "vae_decoder_frames", "unet_steps", "unet_cooldown_steps", "unet_caption_dropout", "batch", "sd_resolution"),
 }
 # what the tiny-domain UNet is pretrained on (bootstrap.general_domain): synthetic VIST photos, the
 # FlintstonesSV settings empty, and the settings with passers-by in them ("two people are walking in the
