@@ -231,3 +231,15 @@ def test_web_app_answers_bad_input_with_an_error_line(tmp_path):
     assert [s[0] for s in steps] == ["drawing: 1 of 3 frames", "drawing: 2 of 3 frames", "drawing: 3 of 3 frames"]
     assert status == "done: 3 frames" and [c for _, c in shown][:2] == ["One.", "Two."] and len(shown) == 3
     assert [p.rsplit("/", 1)[-1] for p in files] == ["storyboard.png", "story.json"]
+
+
+def test_the_data_commands_and_bootstrap_import_no_lightning():
+    # what `data check`, `data synth` and `bootstrap` import: Lightning alone took ~9 s of their
+    # ~14 s start on 2 cores
+    import subprocess
+    import sys
+
+    code = ("import sys; from visiontales import bootstrap, cli; cli._datasets(); "
+            "print(sorted(m for m in ('lightning', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
