@@ -234,7 +234,7 @@ DOMAIN_VAE = {**TINY_VAE, "block_out_channels": [16, 32, 64], "norm_num_groups":
 DOMAIN_UNET = {**TINY_UNET, "sample_size": 16, "in_channels": 8, "out_channels": 8, "cross_attention_dim": 64}
 # how `visiontales bootstrap --rebuild` trains each tiny-domain backbone (0.3 + 1.0 + 6.3 + 9.7
 # minutes measured on 2 CPU cores, up to 0.4 + 1.1 + 7.8 + 12.2 on the same machine another day,
-# before the VAE decoder's fine-tune (vae_decoder_*: 7 more minutes) joined SD's);
+# before the VAE decoder's fine-tune (vae_decoder_*: a third of the VAE's time more) joined SD's);
 # part of the cache key of the backbones that read them (DOMAIN_SCHEDULE_KEYS): change one and
 # those are rebuilt (and their shipped weights, trained from the old recipe, no longer install)
 DOMAIN_SCHEDULE = {"gpt2_steps": 600, "clip_steps": 400, "vae_steps": 1600, "vae_lr": 2e-3, "vae_kl": 1e-6, "vae_batch": 16,
