@@ -100,8 +100,8 @@ def test_the_vae_decoder_fine_tune_trains_the_decoder_alone_and_reconstructs_bet
 
     torch.manual_seed(0)
     vae = AutoencoderKL(**DOMAIN_VAE).requires_grad_(False)
-    frames = bootstrap.pixels([p for p, _ in bootstrap.flintstones_samples(80, seed=98)], 64).float() / 127.5 - 1
-    held_out = bootstrap.pixels([p for p, _ in bootstrap.flintstones_samples(16, seed=99)], 64).float() / 127.5 - 1
+    frames = bootstrap.sd_pixels(bootstrap.flintstones_samples(80, seed=98))
+    held_out = bootstrap.sd_pixels(bootstrap.flintstones_samples(16, seed=99))
 
     def l1() -> float:
         with torch.no_grad():

@@ -152,6 +152,11 @@ def pixels(images: list[Image.Image], size: int) -> torch.Tensor:
     return torch.stack(out)
 
 
+def sd_pixels(pairs: list[tuple[Image.Image, str]]) -> torch.Tensor:
+    """The images of (image, text) pairs as the tiny-domain SD reads them: (N, 3, R, R) in [-1, 1]."""
+    return pixels([p for p, _ in pairs], SCHEDULE["sd_resolution"]).float() / 127.5 - 1
+
+
 def _batches(n: int, batch: int, steps: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
@@ -222,9 +227,7 @@ def train_vae(vae: torch.nn.Module, steps: int = SCHEDULE["vae_steps"]) -> list[
     its characters are the small details that must survive); then sets the latent
     scaling factor to 1 / std of the latents, as Stable Diffusion's was measured."""
     torch.manual_seed(SEED)
-    size = SCHEDULE["sd_resolution"]
-    pairs = vist_samples(600, SEED + 2) + flintstones_samples(SCHEDULE["vae_frames"], SEED + 3)
-    images = pixels([p for p, _ in pairs], size).float() / 127.5 - 1
+    images = sd_pixels(vist_samples(600, SEED + 2) + flintstones_samples(SCHEDULE["vae_frames"], SEED + 3))
     vae.train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=SCHEDULE["vae_lr"])
     losses, start = [], time.time()
@@ -257,8 +260,7 @@ def finetune_vae_decoder(vae: torch.nn.Module, images: torch.Tensor | None = Non
     the character classifier then misses."""
     torch.manual_seed(SEED)
     if images is None:
-        pairs = vist_samples(300, SEED + 7) + flintstones_samples(SCHEDULE["vae_decoder_frames"], SEED + 8)
-        images = pixels([p for p, _ in pairs], SCHEDULE["sd_resolution"]).float() / 127.5 - 1
+        images = sd_pixels(vist_samples(300, SEED + 7) + flintstones_samples(SCHEDULE["vae_decoder_frames"], SEED + 8))
     with torch.no_grad():
         latents = torch.cat([vae.encode(images[i:i + 64]).latent_dist.mean for i in range(0, len(images), 64)])
     trained = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
@@ -289,9 +291,8 @@ def train_unet(sd: StableDiffusion, steps: int = SCHEDULE["unet_steps"], cooldow
     rate falls linearly to 0 over the steps (a second pass so run removes most of the mottled noise
     the constant rate leaves in sampled frames)."""
     torch.manual_seed(SEED)
-    size = SCHEDULE["sd_resolution"]
     pairs = general_domain(SEED + 4)
-    images = pixels([p for p, _ in pairs], size).float() / 127.5 - 1
+    images = sd_pixels(pairs)
     with torch.no_grad():
         prompts = [t for _, t in pairs]
         states = torch.cat([sd.encode_prompts(prompts[i:i + 128]) for i in range(0, len(prompts), 128)])
@@ -501,15 +502,13 @@ def quality(directories: dict[str, Path]) -> dict[str, dict[str, float]]:
     out["clip"] = {"retrieval_top1": float(np.mean([captions[j] == c for j, c in zip(best.tolist(), captions, strict=True)]))}
 
     sd = StableDiffusion.from_pretrained(str(directories["sd"]))
-    size = SCHEDULE["sd_resolution"]
-    images = pixels([p for p, _ in vist_samples(100, HELD_OUT + 3) + flintstones_samples(100, HELD_OUT + 4)], size)
-    images = images.float() / 127.5 - 1
+    images = sd_pixels(vist_samples(100, HELD_OUT + 3) + flintstones_samples(100, HELD_OUT + 4))
     posteriors = [sd.vae.encode(images[i:i + 50]).latent_dist for i in range(0, len(images), 50)]
     recon = torch.cat([sd.vae.decode(p.mean).sample for p in posteriors]).clamp(-1, 1)
     mse = F.mse_loss((recon + 1) / 2, (images + 1) / 2).item()
     noise = torch.cat([p.std for p in posteriors]).mean() / torch.cat([p.mean for p in posteriors]).std()
     pairs = general_domain(HELD_OUT + 5, scale=0.1)
-    latents = encode_latents(sd.vae, pixels([p for p, _ in pairs], size).float() / 127.5 - 1)
+    latents = encode_latents(sd.vae, sd_pixels(pairs))
     loss = sd.diffusion_loss(latents, sd.encode_prompts([t for _, t in pairs]), torch.Generator().manual_seed(HELD_OUT))
     uncond = sd.diffusion_loss(latents, sd.encode_prompts([""]).expand(len(pairs), -1, -1),
                                torch.Generator().manual_seed(HELD_OUT))
